@@ -1,0 +1,27 @@
+# Set-up from nothing: `make demo` or `make test` create .venv, install pinned dependencies, then run.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo benchmark clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade --quiet "pip>=24"
+	PIP_CONSTRAINT=constraints.txt $(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+demo: install
+	$(BIN)/medseg demo
+
+benchmark: install
+	$(BIN)/python benchmarks/benchmark_patch.py
+
+clean:
+	rm -rf $(VENV) demo_output .pytest_cache

@@ -1,0 +1,128 @@
+"""The ``medseg`` command: parse arguments, call the library, print one-line errors. No logic here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from medseg import __version__
+from medseg.errors import MedsegError
+
+
+def _train(args: argparse.Namespace) -> int:
+    from medseg.training import train
+
+    train(args.config, data_dir=args.data, output=args.output, resume=args.resume, overrides=args.overrides)
+    return 0
+
+
+def _infer(args: argparse.Namespace) -> int:
+    from medseg.inference import Predictor
+
+    predictor = Predictor(args.model, device=args.device)
+    written = predictor.predict_paths(
+        args.input, args.output, overwrite=args.overwrite, save_probabilities=args.save_probabilities,
+        progress=not args.no_progress,
+    )
+    print(f"wrote {len(written)} prediction(s) to {args.output}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from medseg.data.datasets import discover_dataset
+    from medseg.evaluation import evaluate_folders, format_table
+
+    names = None
+    if args.dataset:
+        dataset = discover_dataset(args.dataset, require_labels=False)
+        names = dict(enumerate(dataset.class_names or [], start=0)) or None
+    result = evaluate_folders(args.pred, args.gt, class_names=names, output_json=args.output)
+    print(format_table(result))
+    if args.output:
+        print(f"summary: {args.output}; per case: {Path(args.output).with_suffix('.csv')}")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from medseg.checks import check_dataset
+
+    dataset, problems = check_dataset(args.dataset)
+    for problem in problems:
+        print(problem)
+    if dataset is not None:
+        print(f"{args.dataset}: {dataset.layout} layout, {len(dataset.cases)} cases, "
+              f"classes {dataset.class_names or 'not declared'}: {len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from medseg.demo import run_demo
+
+    run_demo(args.output, strategy=args.strategy, minutes=args.minutes)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medseg", description="3D medical image segmentation on MONAI.")
+    parser.add_argument("--version", action="version", version=f"medseg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model from a YAML config")
+    p.add_argument("config", help="pipeline YAML, e.g. pipelines/hippocampus_patch.yaml")
+    p.add_argument("--data", help="dataset folder (MSD, nnU-Net v2, or imagesTr/ + labelsTr/); overrides data.root")
+    p.add_argument("--output", help="run folder to create (default runs/<name>-<time>), or to continue with --resume")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.max_epochs=5")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("infer", help="segment images with a trained run folder")
+    p.add_argument("--model", required=True, help="run folder written by 'medseg train'")
+    p.add_argument("-i", "--input", required=True, help="image file, DICOM series folder, or folder of images")
+    p.add_argument("-o", "--output", required=True, help="folder for <case>.nii.gz label maps")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--overwrite", action="store_true", help="replace existing predictions")
+    p.add_argument("--save-probabilities", action="store_true", help="also write <case>_probabilities.npz")
+    p.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
+    p.set_defaults(func=_infer)
+
+    p = sub.add_parser("evaluate", help="score predicted label maps against ground truth")
+    p.add_argument("--pred", required=True, help="folder of predicted label maps")
+    p.add_argument("--gt", required=True, help="folder of ground-truth label maps")
+    p.add_argument("--dataset", help="dataset folder whose dataset.json names the classes")
+    p.add_argument("-o", "--output", help="summary JSON to write (per-case CSV beside it)")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("check", help="validate a dataset folder; one problem per line")
+    p.add_argument("dataset")
+    p.set_defaults(func=_check)
+
+    p = sub.add_parser("demo", help="synthetic CT phantoms: train, infer, evaluate in a few minutes")
+    p.add_argument("--output", default="demo_output", help="folder for the data, run and predictions")
+    p.add_argument("--strategy", default="patch", help="volume strategy to demonstrate")
+    p.add_argument("--minutes", type=float, default=3.0, help="training time budget")
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    # KEY=VALUE overrides may come before or after options: collect the ones argparse left over.
+    args, extra = parser.parse_known_args(argv)
+    overrides = [e for e in extra if "=" in e and not e.startswith("-")]
+    if extra != overrides or (overrides and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if overrides:
+        args.overrides = [*args.overrides, *overrides]
+    try:
+        return args.func(args)
+    except MedsegError as exc:
+        print(f"medseg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"medseg {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""Typed configuration: dataclass defaults, YAML files and dotted ``KEY=VALUE`` overrides.
+
+One config system for everything. Unknown keys are rejected with the list of valid ones, values are
+checked against the field types, and the resolved config is written into every run folder so that a
+run can be reproduced and ``medseg infer`` needs nothing but that folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medseg.errors import MedsegError
+
+
+@dataclass
+class AugmentConfig:
+    """Random augmentation applied to training samples (MONAI dictionary transforms)."""
+
+    affine_prob: float = 0.2
+    rotate_degrees: float = 15.0
+    scale_range: float = 0.15
+    flip_axes: list[int] = field(default_factory=list)
+    intensity_prob: float = 0.15
+    noise_prob: float = 0.1
+    noise_std: float = 0.1
+
+
+@dataclass
+class DataConfig:
+    """Where the data is and how volumes become network inputs (shared by every strategy)."""
+
+    root: str | None = None
+    modality: str = "auto"
+    class_names: list[str] | None = None
+    spacing: list[float] | None = None
+    orientation: str = "RAS"
+    intensity_window: list[float] | None = None
+    crop_foreground: bool = True
+    patch_size: list[int] = field(default_factory=lambda: [96, 96, 96])
+    samples_per_volume: int = 2
+    pos_fraction: float = 0.67
+    val_fraction: float = 0.2
+    num_folds: int = 0
+    fold: int = 0
+    split_seed: int = 0
+    max_cases: int | None = None
+    cache: bool = True
+    num_workers: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class ModelConfig:
+    """Which strategy and network; network fields are read by the builders in ``medseg.networks``."""
+
+    strategy: str = "patch"
+    network: str = "unet"
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])
+    strides: list[int] = field(default_factory=lambda: [2, 2, 2, 2])
+    num_res_units: int = 2
+    norm: str = "instance"
+    dropout: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and the training loop."""
+
+    max_epochs: int = 100
+    max_minutes: float | None = None
+    iterations_per_epoch: int | None = None
+    batch_size: int = 2
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    momentum: float = 0.99
+    scheduler: str = "poly"
+    warmup_epochs: int = 0
+    loss: str = "dice_ce"
+    grad_accumulation: int = 1
+    grad_clip: float | None = 12.0
+    amp: bool = True
+    val_every: int = 1
+    seed: int = 0
+    progress: bool = True
+    final_validation: bool = True
+
+
+@dataclass
+class InferConfig:
+    """Sliding-window prediction settings, used by validation and ``medseg infer`` alike."""
+
+    overlap: float = 0.5
+    sw_batch_size: int = 4
+    blend: str = "gaussian"
+    stitch_device: str = "auto"
+    mirror_axes: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    """The whole run: ``name`` labels the run folder; the sections hold everything else."""
+
+    name: str = "run"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except MedsegError:
+                continue
+        raise MedsegError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise MedsegError(f"config key '{key}': expected a list, got {value!r}")
+        (item_type,) = typing.get_args(tp)
+        return [_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+        return value
+    raise MedsegError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+
+
+def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    for key, value in values.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            where = f"in '{prefix[:-1]}'" if prefix else "at the top level"
+            raise MedsegError(f"unknown config key '{full}'; valid keys {where}: {', '.join(names)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise MedsegError(f"config key '{full}': expected a section (mapping), got {value!r}")
+            _apply(current, value, f"{full}.")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], full))
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["train.lr=0.01", "data.spacing=[1,1,2]"]`` -> nested dict; values are parsed as YAML."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise MedsegError(f"override '{item}': expected KEY=VALUE, e.g. train.max_epochs=5")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise MedsegError(f"override '{item}': '{part}' is set twice")
+        node[parts[-1]] = value
+    return nested
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file, then the dotted overrides; every value is type-checked."""
+    config = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise MedsegError(f"{path}: config file not found")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise MedsegError(f"{path}: invalid YAML{where}") from None
+        if not isinstance(values, dict):
+            raise MedsegError(f"{path}: expected a mapping of config sections at the top level")
+        try:
+            _apply(config, values)
+        except MedsegError as exc:
+            raise MedsegError(f"{path}: {exc}") from None
+    _apply(config, parse_overrides(overrides or []))
+    return config
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """Rebuild a config saved in a run folder or checkpoint."""
+    config = Config()
+    _apply(config, values)
+    return config
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    from medseg.io import atomic_output
+
+    with atomic_output(path) as tmp:
+        tmp.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))

@@ -1,0 +1,1 @@
+"""Dataset discovery, splits, transform pipelines and synthetic phantoms."""

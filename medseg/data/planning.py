@@ -1,0 +1,76 @@
+"""Fill the ``auto`` parts of a config from the training data (nnU-Net style "planning").
+
+The resolved values (class names, modality, target spacing, CT intensity window) are written into the
+run's config, so inference preprocesses new scans exactly as training did.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from medseg.config import Config
+from medseg.data.datasets import Case, Dataset
+from medseg.errors import MedsegError
+from medseg.io import read_header, read_volume
+
+_MODALITIES = ("ct", "mri")
+
+
+def _modality(config: Config, dataset: Dataset) -> str:
+    wanted = config.data.modality.lower()
+    if wanted == "auto":
+        return "ct" if (dataset.modality or "").strip().upper() == "CT" else "mri"
+    if wanted not in _MODALITIES:
+        raise MedsegError(f"config key 'data.modality': expected auto, ct or mri, got '{config.data.modality}'")
+    return wanted
+
+
+def _median_spacing(cases: list[Case]) -> list[float]:
+    spacings = [np.linalg.norm(read_header(c.image)[1][:3, :3], axis=0) for c in cases]
+    return [round(float(s), 4) for s in np.median(np.stack(spacings), axis=0)]
+
+
+def _ct_window(cases: list[Case], max_cases: int = 16, seed: int = 0) -> list[float]:
+    """0.5 / 99.5 percentiles of intensities inside labelled voxels, like nnU-Net's CT scheme."""
+    rng = np.random.default_rng(seed)
+    picked = [cases[i] for i in sorted(rng.choice(len(cases), size=min(max_cases, len(cases)), replace=False))]
+    samples = []
+    for case in picked:
+        image, label = read_volume(case.image).array, read_volume(case.label).array
+        values = image[label > 0]
+        if values.size:
+            samples.append(rng.choice(values, size=min(values.size, 20000), replace=False).astype(np.float32))
+    if not samples:
+        return [-1000.0, 1000.0]
+    lo, hi = np.percentile(np.concatenate(samples), [0.5, 99.5])
+    return [round(float(lo), 1), round(float(hi), 1)]
+
+
+def plan(config: Config, dataset: Dataset, train_cases: list[Case]) -> Config:
+    """Return a copy of ``config`` with every data-dependent value resolved."""
+    data = config.data
+    names = dataset.class_names
+    if data.class_names is not None:
+        if names is not None and len(names) != len(data.class_names):
+            raise MedsegError(
+                f"config key 'data.class_names': {len(data.class_names)} names, but {dataset.root} declares {len(names)}"
+            )
+        names = data.class_names
+    if names is None:
+        values = set()
+        for case in train_cases:
+            values.update(int(v) for v in np.unique(read_volume(case.label).array))
+        names = ["background"] + [f"class_{k}" for k in range(1, max(values) + 1)]
+    if len(names) < 2:
+        raise MedsegError(f"{dataset.root}: need at least one foreground class, got {names}")
+    modality = _modality(config, dataset)
+    spacing = data.spacing or _median_spacing(train_cases)
+    window = data.intensity_window
+    if modality == "ct" and window is None:
+        window = _ct_window(train_cases, seed=data.split_seed)
+    resolved = dataclasses.replace(
+        data, class_names=list(names), modality=modality, spacing=spacing, intensity_window=window
+    )
+    return dataclasses.replace(config, data=resolved)

@@ -1,0 +1,31 @@
+"""Seeded train/validation splits: a hold-out fraction or one fold of k-fold cross-validation."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medseg.errors import MedsegError
+
+
+def make_split(
+    case_ids: list[str], val_fraction: float = 0.2, num_folds: int = 0, fold: int = 0, seed: int = 0
+) -> dict[str, list[str]]:
+    """Shuffle ids with ``seed``; with ``num_folds`` >= 2 fold ``fold`` is validation, else the last
+    ``val_fraction`` of the shuffled ids. The same arguments always give the same split."""
+    ids = sorted(case_ids)
+    if len(ids) < 2:
+        raise MedsegError(f"need at least 2 cases to split into training and validation, got {len(ids)}")
+    order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
+    if num_folds >= 2:
+        if not 0 <= fold < num_folds:
+            raise MedsegError(f"config key 'data.fold': must be in 0..{num_folds - 1}, got {fold}")
+        if num_folds > len(ids):
+            raise MedsegError(f"config key 'data.num_folds': {num_folds} folds for {len(ids)} cases")
+        validation = order[fold::num_folds]
+    else:
+        if not 0.0 < val_fraction < 1.0:
+            raise MedsegError(f"config key 'data.val_fraction': must be between 0 and 1, got {val_fraction}")
+        n_val = max(1, round(len(ids) * val_fraction))
+        validation = order[len(ids) - n_val :]
+    held = set(validation)
+    return {"train": sorted(i for i in ids if i not in held), "validation": sorted(validation)}

@@ -1,0 +1,115 @@
+"""The MONAI dictionary-transform pipelines, built from config, for every strategy.
+
+``preprocessing`` is the deterministic part (load, orient, resample, crop, normalise) shared by
+training, validation and inference; training adds a strategy's sampling and the random augmentation.
+Everything before the first random transform is cached by ``CacheDataset``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import (
+    CropForegroundd,
+    MapTransform,
+    NormalizeIntensityd,
+    Orientationd,
+    RandAffined,
+    RandFlipd,
+    RandGaussianNoised,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    ScaleIntensityRanged,
+    Spacingd,
+    Transform,
+)
+
+from medseg.config import AugmentConfig, DataConfig
+from medseg.checks import label_problems
+from medseg.errors import MedsegError
+from medseg.io import read_volume
+
+CT_BODY_THRESHOLD_HU = -500.0
+
+
+class LoadVolumed(MapTransform):
+    """Read each key's path with ``medseg.io`` into a channel-first MetaTensor carrying its affine.
+
+    Images become float32 and labels uint8, which keeps cached datasets small. With ``num_classes``,
+    label values outside 0..num_classes-1 are a user error naming the file.
+    """
+
+    def __init__(self, keys, num_classes: int | None = None) -> None:
+        super().__init__(keys)
+        self.num_classes = num_classes
+
+    def __call__(self, data: dict) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            path = d[key]
+            volume = read_volume(path)
+            if key == "label" and (problems := label_problems(path, volume.array, self.num_classes)):
+                raise MedsegError(problems[0])
+            dtype = np.uint8 if key == "label" else np.float32
+            array = torch.from_numpy(volume.array.astype(dtype, copy=False)[None])
+            affine = torch.as_tensor(volume.affine)
+            meta = {"filename_or_obj": str(path), "original_affine": affine.clone(), "spatial_shape": volume.array.shape}
+            d[key] = MetaTensor(array, affine=affine, meta=meta)
+        return d
+
+
+def _foreground_selector(data: DataConfig):
+    if data.modality == "ct":
+        return lambda x: x > CT_BODY_THRESHOLD_HU
+    return lambda x: x > x.min()
+
+
+def intensity_transform(data: DataConfig, key: str = "image") -> Transform:
+    """CT: clip to the intensity window and scale to [0, 1]; MRI: per-image z-score."""
+    if data.modality == "ct":
+        lo, hi = data.intensity_window
+        return ScaleIntensityRanged(key, a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)
+    return NormalizeIntensityd(key, channel_wise=True)
+
+
+def preprocessing(data: DataConfig, with_label: bool = True) -> list[Transform]:
+    """Deterministic steps, identical at training and inference time (needs a planned config)."""
+    keys = ["image", "label"] if with_label else ["image"]
+    modes = ["bilinear", "nearest"][: len(keys)]
+    loader = LoadVolumed(keys, num_classes=len(data.class_names) if data.class_names else None)
+    steps: list[Transform] = [loader, Orientationd(keys, axcodes=data.orientation)]
+    if data.spacing:
+        steps.append(Spacingd(keys, pixdim=data.spacing, mode=modes))
+    if data.crop_foreground:
+        steps.append(CropForegroundd(keys, source_key="image", select_fn=_foreground_selector(data), allow_smaller=True))
+    steps.append(intensity_transform(data))
+    return steps
+
+
+def augmentation(aug: AugmentConfig, keys: tuple[str, ...] = ("image", "label"), spatial_dims: int = 3) -> list[Transform]:
+    """Spatial (affine, flips) then intensity augmentation; label maps use nearest interpolation."""
+    steps: list[Transform] = []
+    if aug.affine_prob > 0:
+        angle = math.radians(aug.rotate_degrees)
+        steps.append(
+            RandAffined(
+                keys,
+                prob=aug.affine_prob,
+                rotate_range=(angle,) * (3 if spatial_dims == 3 else 1),
+                scale_range=(aug.scale_range,) * spatial_dims,
+                mode=("bilinear", "nearest")[: len(keys)],
+                padding_mode=("border", "zeros")[: len(keys)],
+            )
+        )
+    steps += [RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in aug.flip_axes]
+    if aug.intensity_prob > 0:
+        steps += [
+            RandScaleIntensityd("image", factors=0.1, prob=aug.intensity_prob),
+            RandShiftIntensityd("image", offsets=0.1, prob=aug.intensity_prob),
+        ]
+    if aug.noise_prob > 0:
+        steps.append(RandGaussianNoised("image", prob=aug.noise_prob, std=aug.noise_std))
+    return steps

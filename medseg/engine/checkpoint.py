@@ -1,0 +1,32 @@
+"""Checkpoints: plain dicts of tensors and primitives, saved atomically, loaded with weights_only=True."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medseg.errors import MedsegError
+from medseg.io import atomic_output
+
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    with atomic_output(path) as tmp:
+        torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load without running pickled code; anything that is not a medseg checkpoint is a user error."""
+    path = Path(path)
+    if not path.is_file():
+        raise MedsegError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise MedsegError(f"{path}: cannot load checkpoint ({' '.join(str(exc).split())[:160]})") from None
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise MedsegError(f"{path}: not a medseg checkpoint (no model state or config)")
+    return state

@@ -1,0 +1,257 @@
+"""One Trainer for every Segmenter: AMP, gradient accumulation, time budget, checkpoints, exact resume,
+hooks, and DDP when launched by torchrun."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from medseg.config import Config, config_to_dict
+from medseg.engine.checkpoint import load_checkpoint, save_checkpoint
+from medseg.engine.hooks import Hook
+from medseg.errors import MedsegError
+from medseg.strategies.base import Segmenter
+
+
+def is_main_process() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch; the Trainer calls it at every epoch start so that a run resumed
+    from an epoch checkpoint draws the same random numbers as an uninterrupted one."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_optimizer(config: Config, params) -> torch.optim.Optimizer:
+    train = config.train
+    if train.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, nesterov=True, weight_decay=train.weight_decay)
+    raise MedsegError(f"config key 'train.optimizer': expected adamw or sgd, got '{train.optimizer}'")
+
+
+def learning_rate(config: Config, epoch: int, elapsed_s: float) -> float:
+    """Schedule on training progress: the larger of the epoch fraction and the time-budget fraction,
+    so a run cut by ``train.max_minutes`` still anneals to a small learning rate."""
+    train = config.train
+    progress = epoch / train.max_epochs
+    if train.max_minutes:
+        progress = max(progress, elapsed_s / (60.0 * train.max_minutes))
+    progress = min(progress, 1.0)
+    if train.scheduler == "poly":
+        factor = (1.0 - progress) ** 0.9
+    elif train.scheduler == "cosine":
+        factor = 0.5 * (1.0 + math.cos(math.pi * progress))
+    elif train.scheduler == "constant":
+        factor = 1.0
+    else:
+        raise MedsegError(f"config key 'train.scheduler': expected poly, cosine or constant, got '{train.scheduler}'")
+    if epoch < train.warmup_epochs:
+        factor *= (epoch + 1) / (train.warmup_epochs + 1)
+    return train.lr * max(factor, 1e-3)
+
+
+@dataclass
+class FitResult:
+    best_metric: float
+    best_epoch: int
+    epochs_run: int
+    elapsed_s: float
+
+
+class Trainer:
+    """Drives a Segmenter. Checkpoints hold config, model, optimizer, scaler, counters and RNG state."""
+
+    def __init__(
+        self,
+        segmenter: Segmenter,
+        config: Config,
+        run_dir: Path,
+        train_loader,
+        val_loader,
+        device: torch.device,
+        hooks: Sequence[Hook] = (),
+    ) -> None:
+        self.segmenter = segmenter.to(device)
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.train_loader = train_loader
+        self.val_loader = val_loader
+        self.device = device
+        self.hooks = list(hooks) if is_main_process() else []
+        if dist.is_initialized():
+            ids = [device.index] if device.type == "cuda" else None
+            self.segmenter.network = DistributedDataParallel(self.segmenter.network, device_ids=ids)
+        self.optimizer = build_optimizer(config, [p for p in segmenter.parameters() if p.requires_grad])
+        self.use_amp = config.train.amp and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.epoch = 0
+        self.global_step = 0
+        self.elapsed_s = 0.0
+        self.best_metric = -1.0
+        self.best_epoch = -1
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def _model_state(self) -> dict:
+        state = self.segmenter.state_dict()
+        return {k.replace("network.module.", "network.", 1): v for k, v in state.items()}
+
+    def _state(self) -> dict:
+        return {
+            "config": config_to_dict(self.config),
+            "model": self._model_state(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "elapsed_s": self.elapsed_s,
+            "best_metric": self.best_metric,
+            "best_epoch": self.best_epoch,
+            "rng_torch": torch.get_rng_state(),
+        }
+
+    def resume(self, path: Path) -> None:
+        state = load_checkpoint(path)
+        network = self.segmenter.network
+        target = network.module if isinstance(network, DistributedDataParallel) else network
+        target.load_state_dict({k[len("network."):]: v for k, v in state["model"].items() if k.startswith("network.")})
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
+        self.elapsed_s = float(state["elapsed_s"])
+        self.best_metric, self.best_epoch = float(state["best_metric"]), int(state["best_epoch"])
+        torch.set_rng_state(state["rng_torch"])
+
+    # -- loop --------------------------------------------------------------------------------------
+    def _to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    def _set_epoch_randomness(self) -> None:
+        seed = self.config.train.seed * 100_003 + self.epoch
+        seed_everything(seed)
+        dataset = self.train_loader.dataset
+        transform = getattr(dataset, "transform", None)
+        if hasattr(transform, "set_random_state"):
+            transform.set_random_state(seed=seed % 2**32)
+        sampler = self.train_loader.sampler
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self.epoch)
+        generator = getattr(sampler, "generator", None)
+        if generator is not None:
+            generator.manual_seed(seed)
+
+    def _train_epoch(self) -> dict[str, float]:
+        self.segmenter.train()
+        accumulate = max(1, self.config.train.grad_accumulation)
+        totals: dict[str, float] = {}
+        steps = 0
+        self.optimizer.zero_grad(set_to_none=True)
+        bar = tqdm(self.train_loader, desc=f"epoch {self.epoch}", leave=False,
+                   disable=not (self.config.train.progress and is_main_process()))
+        for i, batch in enumerate(bar):
+            batch = self._to_device(batch)
+            with torch.autocast(self.device.type, enabled=self.use_amp):
+                losses = self.segmenter.training_step(batch)
+            loss = losses["loss"]
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"training loss became {loss.item()} at epoch {self.epoch}, step {i}")
+            self.scaler.scale(loss / accumulate).backward()
+            if (i + 1) % accumulate == 0 or i + 1 == len(self.train_loader):
+                if self.config.train.grad_clip:
+                    self.scaler.unscale_(self.optimizer)
+                    torch.nn.utils.clip_grad_norm_(self.segmenter.parameters(), self.config.train.grad_clip)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.global_step += 1
+            for key, value in losses.items():
+                totals[key] = totals.get(key, 0.0) + float(value.detach())
+            steps += 1
+            bar.set_postfix(loss=f"{totals['loss'] / steps:.4f}")
+        return {f"train_{k}": v / max(steps, 1) for k, v in totals.items()}
+
+    @torch.no_grad()
+    def _validate(self) -> dict[str, float]:
+        self.segmenter.eval()
+        dices = []
+        bar = tqdm(self.val_loader, desc="validation", leave=False,
+                   disable=not (self.config.train.progress and is_main_process()))
+        for batch in bar:
+            dices.append(self.segmenter.validation_step(self._to_device(batch))["dice"])
+        per_class = torch.nanmean(torch.cat(dices), dim=0)
+        names = self.config.data.class_names[1:]
+        logs = {f"val_dice_{name}": float(d) for name, d in zip(names, per_class)}
+        logs["val_mean_dice"] = float(torch.nanmean(per_class))
+        return logs
+
+    def _budget_spent(self) -> bool:
+        minutes = self.config.train.max_minutes
+        return bool(minutes) and self.elapsed_s >= 60.0 * minutes
+
+    def fit(self, resume: bool = False, log=print) -> FitResult:
+        """Train until ``max_epochs`` or the end of the epoch that crosses ``max_minutes``."""
+        if resume:
+            self.resume(self.run_dir / "last.pt")
+            log(f"resumed from {self.run_dir / 'last.pt'} at epoch {self.epoch}")
+        train = self.config.train
+        first_epoch = self.epoch
+        while self.epoch < train.max_epochs and not self._budget_spent():
+            start = time.perf_counter()
+            self._set_epoch_randomness()
+            lr = learning_rate(self.config, self.epoch, self.elapsed_s)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr * group.get("lr_scale", 1.0)
+            logs = {"lr": lr, **self._train_epoch()}
+            last = self.epoch + 1 == train.max_epochs
+            crossing = bool(train.max_minutes) and self.elapsed_s + time.perf_counter() - start >= 60.0 * train.max_minutes
+            validate = (self.epoch + 1) % max(1, train.val_every) == 0 or last or crossing
+            if validate:
+                logs.update(self._validate())
+            self.elapsed_s += time.perf_counter() - start
+            logs["elapsed_min"] = self.elapsed_s / 60.0
+            self.epoch += 1
+            if validate and logs["val_mean_dice"] > self.best_metric:
+                self.best_metric, self.best_epoch = logs["val_mean_dice"], self.epoch - 1
+                if is_main_process():
+                    save_checkpoint(self.run_dir / "best.pt", self._state())
+            if is_main_process():
+                save_checkpoint(self.run_dir / "last.pt", self._state())
+                val_batch = next(iter(self.val_loader)) if validate else None
+                for hook in self.hooks:
+                    hook.after_epoch(self.epoch - 1, logs, self.segmenter, val_batch)
+                dice = f" val mean Dice {logs['val_mean_dice']:.4f}" if validate else ""
+                log(f"epoch {self.epoch - 1}: loss {logs['train_loss']:.4f}{dice} lr {lr:.2e} "
+                    f"({self.elapsed_s / 60:.1f} min)")
+        for hook in self.hooks:
+            hook.after_train()
+        if self.best_epoch < 0 and is_main_process() and self.epoch > first_epoch:
+            save_checkpoint(self.run_dir / "best.pt", self._state())
+        return FitResult(self.best_metric, self.best_epoch, self.epoch - first_epoch, self.elapsed_s)
+
+
+def distributed_device() -> torch.device:
+    """Join the torchrun process group when launched by torchrun; else pick CUDA when present."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        if torch.cuda.is_available():
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            return torch.device("cuda", local)
+        return torch.device("cpu")
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

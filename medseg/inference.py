@@ -1,0 +1,123 @@
+"""Predictor: a run folder -> predictions for new scans, written in each scan's own geometry."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.transforms import Compose
+from tqdm import tqdm
+
+from medseg.config import Config, config_from_dict
+from medseg.data.datasets import list_inputs
+from medseg.data.transforms import preprocessing
+from medseg.engine.checkpoint import load_checkpoint
+from medseg.errors import MedsegError
+from medseg.io import atomic_output, case_id, write_volume
+from medseg.resample import probabilities_to_grid
+from medseg.strategies import build_segmenter
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise MedsegError("--device cuda: no CUDA device is available on this machine")
+    if name not in ("cpu", "cuda"):
+        raise MedsegError(f"--device: expected auto, cpu or cuda, got '{name}'")
+    return torch.device(name)
+
+
+@dataclass
+class CasePrediction:
+    """Labels (uint8) on the input's own grid; probabilities [K, ...] float16 when asked for."""
+
+    labels: np.ndarray
+    affine: np.ndarray
+    header: nib.Nifti1Header | None
+    probabilities: np.ndarray | None = None
+
+
+class Predictor:
+    """Loads a run folder's checkpoint (weights only) and the resolved config it was trained with."""
+
+    def __init__(self, run_dir: str | Path, device: str = "auto", checkpoint: str = "best.pt") -> None:
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise MedsegError(f"{run_dir}: run folder not found")
+        state = load_checkpoint(run_dir / checkpoint)
+        self.config: Config = config_from_dict(state["config"])
+        self.device = resolve_device(device)
+        self.segmenter = build_segmenter(self.config)
+        self.segmenter.load_state_dict(state["model"])
+        self.segmenter.to(self.device).eval()
+        self.preprocess = Compose(preprocessing(self.config.data, with_label=False))
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.config.data.class_names)
+
+    def predict_file(self, path: str | Path, keep_probabilities: bool = False) -> CasePrediction:
+        """Preprocess as in training, predict, and resample class probabilities back to the input grid."""
+        path = Path(path)
+        image = self.preprocess({"image": path})["image"]
+        grid_affine = image.affine.numpy()
+        original_affine = image.meta["original_affine"].numpy()
+        original_shape = tuple(int(s) for s in image.meta["spatial_shape"])
+        prediction = self.segmenter.predict_volume(image.as_tensor())
+        del image
+        labels, probabilities = probabilities_to_grid(
+            prediction.probabilities, grid_affine, original_affine, original_shape, keep_probabilities
+        )
+        header = nib.load(str(path)).header if path.name.lower().endswith((".nii", ".nii.gz")) else None
+        return CasePrediction(labels, original_affine, header, probabilities)
+
+    def predict_paths(self, inputs: str | Path, output_dir: str | Path, **options) -> list[Path]:
+        """Predict an image file, a DICOM folder or a folder of images (see ``predict_files``)."""
+        return self.predict_files(list_inputs(inputs), output_dir, **options)
+
+    def predict_files(
+        self,
+        files: list[Path],
+        output_dir: str | Path,
+        overwrite: bool = False,
+        save_probabilities: bool = False,
+        progress: bool = True,
+        log: Callable[[str], None] = print,
+    ) -> list[Path]:
+        """Predict each file into ``output_dir/<case>.nii.gz`` (uint8 labels, the input's geometry).
+
+        All output names are checked before any work starts: existing outputs are kept unless
+        ``overwrite``; an output that would replace one of the inputs is always refused.
+        """
+        output_dir = Path(output_dir)
+        targets = [output_dir / f"{case_id(f)}.nii.gz" for f in files]
+        if len(set(targets)) != len(targets):
+            raise MedsegError(f"{output_dir}: several inputs map to the same case name; rename them")
+        sources = {f.resolve() for f in files}
+        for target in targets:
+            if target.resolve() in sources:
+                raise MedsegError(f"{target}: output would overwrite an input image; choose another -o folder")
+            if target.exists() and not overwrite:
+                raise MedsegError(f"{target}: already exists; pass --overwrite to replace it")
+        written = []
+        bar = tqdm(list(zip(files, targets)), desc="infer", unit="case", disable=not progress)
+        for source, target in bar:
+            start = time.perf_counter()
+            result = self.predict_file(source, keep_probabilities=save_probabilities)
+            write_volume(target, result.labels, result.affine, reference_header=result.header)
+            if result.probabilities is not None:
+                with atomic_output(target.with_name(f"{case_id(source)}_probabilities.npz")) as tmp:
+                    with open(tmp, "wb") as f:
+                        np.savez_compressed(
+                            f, probabilities=result.probabilities, affine=result.affine, class_names=self.class_names
+                        )
+            written.append(target)
+            message = f"{source.name} -> {target} ({time.perf_counter() - start:.1f} s)"
+            bar.write(message) if progress else log(message)
+        return written

@@ -1,0 +1,70 @@
+"""3D networks from MONAI, built from ``ModelConfig``; each checks the patch sizes it can take."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+from monai.networks.nets import DynUNet, UNet
+from torch import nn
+
+from medseg.config import ModelConfig
+from medseg.errors import MedsegError
+from medseg.registry import Registry
+
+NETWORKS_3D: Registry[Callable[..., nn.Module]] = Registry("3D network")
+
+
+def require_divisible(patch_size: Sequence[int], factor: int, network: str) -> None:
+    """Encoder-decoders need every side divisible by their total downsampling factor."""
+    if any(s % factor for s in patch_size):
+        raise MedsegError(
+            f"config key 'data.patch_size': {list(patch_size)} does not suit network '{network}'; "
+            f"every side must be divisible by {factor}"
+        )
+
+
+def _check_levels(model: ModelConfig) -> None:
+    if len(model.channels) != len(model.strides) + 1:
+        raise MedsegError(
+            f"config keys 'model.channels'/'model.strides': need one more channel entry than strides, "
+            f"got {len(model.channels)} and {len(model.strides)}"
+        )
+
+
+@NETWORKS_3D.register("unet")
+def _unet(model: ModelConfig, in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
+    _check_levels(model)
+    require_divisible(patch_size, math.prod(model.strides), "unet")
+    return UNet(
+        spatial_dims=3,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        channels=model.channels,
+        strides=model.strides,
+        num_res_units=model.num_res_units,
+        norm=model.norm,
+        dropout=model.dropout,
+    )
+
+
+@NETWORKS_3D.register("dynunet")
+def _dynunet(model: ModelConfig, in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
+    _check_levels(model)
+    require_divisible(patch_size, math.prod(model.strides), "dynunet")
+    return DynUNet(
+        spatial_dims=3,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        kernel_size=[3] * len(model.channels),
+        strides=[1, *model.strides],
+        upsample_kernel_size=model.strides,
+        filters=model.channels,
+        norm_name=model.norm,
+        dropout=model.dropout or None,
+        res_block=model.num_res_units > 0,
+    )
+
+
+def build_network_3d(model: ModelConfig, in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
+    return NETWORKS_3D.get(model.network)(model, in_channels, out_channels, patch_size)

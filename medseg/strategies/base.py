@@ -1,0 +1,63 @@
+"""The Segmenter protocol every volume strategy implements, and what ``predict_volume`` returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from monai.transforms import Transform
+from torch import nn
+
+from medseg.config import Config
+from medseg.metrics import segmentation_metrics
+
+
+@dataclass
+class VolumePrediction:
+    """A prediction on the preprocessed grid: ``labels`` [D, H, W] and, when kept, ``probabilities``
+    [K, D, H, W] (softmax, sums to one over K). ``instances`` is for strategies that find objects."""
+
+    labels: torch.Tensor
+    probabilities: torch.Tensor | None = None
+    instances: Any | None = None
+
+
+class Segmenter(nn.Module):
+    """A strategy: how volumes are sampled for training and how a whole volume is predicted.
+
+    The Trainer only calls ``training_step``, ``validation_step`` and the ``network`` attribute's
+    parameters; inference only calls ``predict_volume``. Hyperparameters come from the config.
+    """
+
+    network: nn.Module
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.config = config
+        self.num_classes = len(config.data.class_names)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def train_sampling(self) -> list[Transform]:
+        """Transforms after preprocessing that turn a cached volume into training samples."""
+        raise NotImplementedError
+
+    def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Loss terms for one batch; must hold ``"loss"``."""
+        raise NotImplementedError
+
+    def predict_volume(self, image: torch.Tensor) -> VolumePrediction:
+        """Segment one preprocessed image [C, D, H, W]."""
+        raise NotImplementedError
+
+    def validation_step(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Per-class Dice of each whole validation volume (NaN where a class is absent from both)."""
+        dices = []
+        for image, label in zip(batch["image"], batch["label"]):
+            pred = self.predict_volume(image).labels
+            metrics = segmentation_metrics(pred.cpu(), label[0].cpu(), self.num_classes, include_hd95=False)
+            dices.append(torch.as_tensor(metrics["dice"], dtype=torch.float32))
+        return {"dice": torch.stack(dices)}

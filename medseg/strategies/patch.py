@@ -1,0 +1,76 @@
+"""The ``patch`` strategy: a 3D network on sub-volumes at native resolution, sliding-window prediction."""
+
+from __future__ import annotations
+
+import torch
+from monai.inferers import SlidingWindowInferer
+from monai.transforms import RandCropByPosNegLabeld, SpatialPadd, Transform
+
+from medseg.config import Config
+from medseg.data.transforms import augmentation
+from medseg.losses import build_loss
+from medseg.networks import build_network_3d
+from medseg.strategies.base import Segmenter, VolumePrediction
+
+
+def softmax_(logits: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Softmax in place: whole-volume logits are the largest tensor of a prediction."""
+    logits.sub_(logits.amax(dim, keepdim=True)).exp_()
+    return logits.div_(logits.sum(dim, keepdim=True))
+
+
+class PatchSegmenter(Segmenter):
+    """Random patches (foreground-biased) for training; gaussian-blended sliding window to predict."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        self.patch_size = list(config.data.patch_size)
+        self.network = build_network_3d(config.model, 1, self.num_classes, self.patch_size)
+        self.loss = build_loss(config.train.loss)
+
+    def train_sampling(self) -> list[Transform]:
+        data = self.config.data
+        keys = ("image", "label")
+        return [
+            SpatialPadd(keys, spatial_size=self.patch_size),
+            RandCropByPosNegLabeld(
+                keys,
+                label_key="label",
+                spatial_size=self.patch_size,
+                pos=data.pos_fraction,
+                neg=1.0 - data.pos_fraction,
+                num_samples=data.samples_per_volume,
+            ),
+            *augmentation(data.augment, keys),
+        ]
+
+    def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
+        logits = self.network(batch["image"])
+        return {"loss": self.loss(logits, batch["label"])}
+
+    def _inferer(self, device: torch.device) -> SlidingWindowInferer:
+        infer = self.config.infer
+        stitch = device if infer.stitch_device == "auto" else torch.device(infer.stitch_device)
+        return SlidingWindowInferer(
+            roi_size=self.patch_size,
+            sw_batch_size=infer.sw_batch_size,
+            overlap=infer.overlap,
+            mode=infer.blend,
+            sw_device=device,
+            device=stitch,
+        )
+
+    @torch.inference_mode()
+    def predict_volume(self, image: torch.Tensor) -> VolumePrediction:
+        device = self.device
+        inferer = self._inferer(device)
+        x = image[None].to(device)
+        flips = [()] + [(axis + 2,) for axis in self.config.infer.mirror_axes]
+        logits = None
+        with torch.autocast(device.type, enabled=device.type == "cuda" and self.config.train.amp):
+            for dims in flips:
+                out = inferer(x.flip(dims) if dims else x, self.network)
+                out = (out.flip(dims) if dims else out).float()
+                logits = out if logits is None else logits.add_(out)
+        probabilities = softmax_(logits[0].div_(len(flips)))
+        return VolumePrediction(labels=probabilities.argmax(0).to(torch.uint8), probabilities=probabilities)

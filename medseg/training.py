@@ -1,0 +1,167 @@
+"""``medseg train``: config + dataset -> planned config, split, data loaders, Trainer, run folder.
+
+Everything that can fail on user input (config keys, dataset layout, headers, unreadable or
+out-of-range files met while caching) fails before the run folder is created.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from monai.data import CacheDataset, DataLoader
+from monai.transforms import Compose
+from torch.utils.data import RandomSampler
+from torch.utils.data.distributed import DistributedSampler
+
+from medseg.checks import check_case
+from medseg.config import Config, config_from_dict, load_config, parse_overrides, save_config
+from medseg.data.datasets import Case, discover_dataset
+from medseg.data.planning import plan
+from medseg.data.splits import make_split
+from medseg.data.transforms import preprocessing
+from medseg.engine.hooks import LogFileHook, TensorBoardHook
+from medseg.engine.trainer import Trainer, distributed_device, is_main_process
+from medseg.errors import MedsegError
+from medseg.io import atomic_output
+from medseg.strategies import Segmenter, build_segmenter
+
+
+def _items(cases: list[Case]) -> list[dict]:
+    return [{"image": str(c.image), "label": str(c.label), "case_id": c.case_id} for c in cases]
+
+
+def _loaders(config: Config, segmenter: Segmenter, train_cases: list[Case], val_cases: list[Case]):
+    data, train = config.data, config.train
+    deterministic = preprocessing(data)
+    cache_rate = 1.0 if data.cache else 0.0
+    progress = train.progress and is_main_process()
+    train_ds = CacheDataset(_items(train_cases), Compose(deterministic + segmenter.train_sampling()),
+                            cache_rate=cache_rate, progress=progress)
+    val_ds = CacheDataset(_items(val_cases), Compose(deterministic), cache_rate=cache_rate, progress=progress)
+    generator = torch.Generator()
+    if torch.distributed.is_initialized():
+        sampler = DistributedSampler(train_ds, seed=train.seed)
+    elif train.iterations_per_epoch:
+        sampler = RandomSampler(train_ds, replacement=True, num_samples=train.iterations_per_epoch * train.batch_size,
+                                generator=generator)
+    else:
+        sampler = RandomSampler(train_ds, generator=generator)
+    train_loader = DataLoader(train_ds, batch_size=train.batch_size, sampler=sampler, num_workers=data.num_workers,
+                              drop_last=len(train_ds) >= train.batch_size)
+    val_loader = DataLoader(val_ds, batch_size=1, num_workers=0)
+    return train_loader, val_loader
+
+
+def _check_headers(cases: list[Case], num_classes: int | None) -> None:
+    problems = [p for case in cases for p in check_case(case, num_classes, read_voxels=False)]
+    if problems:
+        more = f" (and {len(problems) - 1} more problems; run 'medseg check')" if len(problems) > 1 else ""
+        raise MedsegError(problems[0] + more)
+
+
+def _new_run_dir(output: str | Path | None, name: str) -> Path:
+    run_dir = Path(output) if output else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise MedsegError(f"{run_dir}: run folder exists and is not empty; use --resume to continue it or another --output")
+    return run_dir
+
+
+def _write_json(path: Path, value) -> None:
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(value, indent=2))
+
+
+def _prepare_new(config_path, data_dir, output, overrides) -> tuple[Config, dict, Path, dict[str, Case]]:
+    config = load_config(config_path, overrides)
+    if data_dir is not None:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=str(data_dir)))
+    if not config.data.root:
+        raise MedsegError("no dataset: pass --data DIR or set data.root in the config")
+    dataset = discover_dataset(config.data.root)
+    cases = dataset.cases[: config.data.max_cases] if config.data.max_cases else dataset.cases
+    _check_headers(cases, len(dataset.class_names) if dataset.class_names else None)
+    d = config.data
+    split = make_split([c.case_id for c in cases], d.val_fraction, d.num_folds, d.fold, d.split_seed)
+    by_id = {c.case_id: c for c in cases}
+    config = plan(config, dataset, [by_id[i] for i in split["train"]])
+    return config, split, _new_run_dir(output, config.name), by_id
+
+
+def _prepare_resume(output, overrides) -> tuple[Config, dict, Path, dict[str, Case]]:
+    if output is None:
+        raise MedsegError("--resume needs --output RUN_DIR, the run folder to continue")
+    run_dir = Path(output)
+    for name in ("config.yaml", "split.json", "last.pt"):
+        if not (run_dir / name).is_file():
+            raise MedsegError(f"{run_dir / name}: not found; cannot resume this run folder")
+    import yaml
+
+    config = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    config = config_from_dict(_merge(dataclasses.asdict(config), parse_overrides(overrides)))
+    split = json.loads((run_dir / "split.json").read_text())
+    dataset = discover_dataset(config.data.root)
+    return config, split, run_dir, {c.case_id: c for c in dataset.cases}
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def train(
+    config_path: str | Path | None,
+    data_dir: str | Path | None = None,
+    output: str | Path | None = None,
+    resume: bool = False,
+    overrides: list[str] | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Train a model; returns the run folder (config.yaml, split.json, best.pt, last.pt, logs)."""
+    overrides = list(overrides or [])
+    if resume:
+        config, split, run_dir, by_id = _prepare_resume(output, overrides)
+    else:
+        config, split, run_dir, by_id = _prepare_new(config_path, data_dir, output, overrides)
+    missing = [i for i in split["train"] + split["validation"] if i not in by_id]
+    if missing:
+        raise MedsegError(f"{config.data.root}: split names cases that are not in the dataset: {', '.join(missing[:5])}")
+    device = distributed_device()
+    torch.manual_seed(config.train.seed)
+    segmenter = build_segmenter(config)
+    train_cases = [by_id[i] for i in split["train"]]
+    val_cases = [by_id[i] for i in split["validation"]]
+    log(f"{len(train_cases)} training and {len(val_cases)} validation cases; caching preprocessed volumes")
+    train_loader, val_loader = _loaders(config, segmenter, train_cases, val_cases)
+    if is_main_process():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
+        _write_json(run_dir / "split.json", split)
+    log(f"run folder: {run_dir}")
+    hooks = [LogFileHook(run_dir / "train_log.jsonl"), TensorBoardHook(run_dir / "tensorboard")]
+    trainer = Trainer(segmenter, config, run_dir, train_loader, val_loader, device, hooks)
+    result = trainer.fit(resume=resume, log=log)
+    log(f"best validation mean Dice {result.best_metric:.4f} at epoch {result.best_epoch} "
+        f"({result.epochs_run} epochs, {result.elapsed_s / 60:.1f} min)")
+    if config.train.final_validation and is_main_process():
+        from medseg.evaluation import evaluate_cases, format_table
+        from medseg.inference import Predictor
+
+        predictor = Predictor(run_dir, device=device.type)
+        pred_dir = run_dir / "validation" / "predictions"
+        predictor.predict_files([c.image for c in val_cases], pred_dir, overwrite=True, progress=config.train.progress, log=log)
+        evaluation = evaluate_cases(
+            [(c.case_id, pred_dir / f"{c.case_id}.nii.gz", c.label) for c in val_cases],
+            class_names=dict(enumerate(config.data.class_names[1:], start=1)),
+            output_json=run_dir / "validation" / "metrics.json",
+        )
+        log("validation cases, original geometry:\n" + format_table(evaluation))
+    return run_dir
