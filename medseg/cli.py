@@ -105,7 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_error(exc: BaseException) -> MedsegError | None:
+    """The MedsegError behind ``exc``: MONAI re-raises errors from inside transforms as RuntimeError."""
+    while exc is not None:
+        if isinstance(exc, MedsegError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines reach cluster logs as they happen
     parser = build_parser()
     # KEY=VALUE overrides may come before or after options: collect the ones argparse left over.
     args, extra = parser.parse_known_args(argv)
@@ -116,8 +126,11 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *overrides]
     try:
         return args.func(args)
-    except MedsegError as exc:
-        print(f"medseg {args.command}: error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        user_error = _user_error(exc)
+        if user_error is None:
+            raise
+        print(f"medseg {args.command}: error: {user_error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"medseg {args.command}: interrupted", file=sys.stderr)

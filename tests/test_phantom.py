@@ -167,6 +167,10 @@ def test_rerun_with_fewer_cases_removes_only_stale_phantom_files(tmp_path):
     assert json.loads((out / "dataset.json").read_text())["numTraining"] == 2
 
 
-def test_rejects_an_empty_dataset(tmp_path):
+def test_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="num_cases"):
         generate_phantom_dataset(tmp_path, num_cases=0)
+    with pytest.raises(ValueError, match="shape"):
+        make_phantom_case(np.random.default_rng(0), shape=(32, 32))
+    with pytest.raises(ValueError, match="spacing"):
+        make_phantom_case(np.random.default_rng(0), spacing=(1.0, 1.0, 0.0))

@@ -1,11 +1,11 @@
 """Synthetic CT-like phantoms, so the demo and the test suite can train and evaluate without real data.
 
-Each case is an abdomen-like slab: air around an elliptical body with skin, a subcutaneous fat layer and
-soft tissue, a liver-like blob, two kidneys in perirenal fat and a vertebral column with discs. Anatomy is
-defined in millimetres around the centre of the field of view and drawn at the case's own spacing, so cases
-look alike whatever their voxel grid, as scans from different scanners do. A smooth random warp, random
-sizes, positions and rotations, a slight blur and Gaussian noise keep the task from being solvable by
-thresholding alone while a small 3D UNet still learns it in minutes on a CPU.
+Each case is an abdomen-like slab: air around an elliptical body with skin, a subcutaneous fat layer
+and soft tissue, a liver-like blob, an enhancing aorta, two kidneys in perirenal fat and a vertebral
+column. Anatomy is defined in millimetres around the centre of the field of view and drawn at the case's
+own spacing, so cases look alike whatever their voxel grid, as scans from different scanners do. A
+smooth random warp, random sizes, positions and rotations, a slight blur and Gaussian noise keep the task
+from being solvable by thresholding alone while a small 3D UNet still learns it in minutes on a CPU.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class _Scene:
         self.axes = [((np.arange(n) - (n - 1) / 2) * s).astype(np.float32) for n, s in zip(shape, spacing)]
         self._warp = [_SmoothField(rng, _WARP_PEAK_MM, (60.0, 200.0)) for _ in range(3)]
 
-    def block(self, center: tuple[float, ...], reach: tuple[float, ...]) -> tuple[slice, slice, slice]:
+    def block(self, center: np.ndarray | tuple[float, ...], reach: tuple[float, ...]) -> tuple[slice, slice, slice]:
         """Voxel slices covering ``center +- reach`` (mm, plus the warp bound) per axis, clipped to the array."""
         return tuple(
             slice(int(np.searchsorted(a, lo)), int(np.searchsorted(a, hi, "right")))
@@ -127,6 +127,9 @@ def _geometry(
     rng: np.random.Generator, shape: tuple[int, int, int] | None, spacing: tuple[float, float, float] | None
 ) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
     """Fill in whichever of shape and spacing is missing so the field of view stays about 100-125 mm."""
+    for name, value in (("shape", shape), ("spacing", spacing)):
+        if value is not None and (len(value) != 3 or min(value) <= 0):
+            raise ValueError(f"phantom {name} must be three positive numbers, got {value}")
     fov = np.array([rng.uniform(*_FOV_XY_MM)] * 2 + [rng.uniform(*_FOV_Z_MM)])
     if shape is None and spacing is None:
         inplane = rng.uniform(*_INPLANE_SPACING_MM)
@@ -136,8 +139,6 @@ def _geometry(
         shape = tuple(max(1, round(f / s)) for f, s in zip(fov, spacing))
     elif spacing is None:
         spacing = tuple(fov / np.asarray(shape))
-    if len(shape) != 3 or len(spacing) != 3 or min(shape) < 1 or min(spacing) <= 0:
-        raise ValueError(f"phantom needs a 3D shape and positive spacing, got shape={shape} spacing={spacing}")
     return tuple(int(n) for n in shape), tuple(float(s) for s in spacing)
 
 
@@ -209,7 +210,7 @@ def make_phantom_case(
     label[block][inside] = 0
 
     # Kidneys: rotated ellipsoids with a medial notch (renal sinus fat), wrapped in perirenal fat.
-    for side in (-1.0, 1.0):  # RAS: -x is the patient's left, +x the right (where the kidney sits lower)
+    for side in (-1.0, 1.0):  # RAS: -x is the patient's left, +x the right, whose kidney sits lower
         radii = np.array([rng.uniform(7, 9), rng.uniform(6, 7.5), rng.uniform(13, 17)])
         center = np.array(
             [

@@ -80,7 +80,7 @@ def preprocessing(data: DataConfig, with_label: bool = True) -> list[Transform]:
     keys = ["image", "label"] if with_label else ["image"]
     modes = ["bilinear", "nearest"][: len(keys)]
     loader = LoadVolumed(keys, num_classes=len(data.class_names) if data.class_names else None)
-    steps: list[Transform] = [loader, Orientationd(keys, axcodes=data.orientation)]
+    steps: list[Transform] = [loader, Orientationd(keys, axcodes=data.orientation, labels=None)]
     if data.spacing:
         steps.append(Spacingd(keys, pixdim=data.spacing, mode=modes))
     if data.crop_foreground:

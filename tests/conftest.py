@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny synthetic datasets, a tiny trained run, and the real data when present."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medseg.data.phantom import generate_phantom_dataset
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+# Tiny network and loop: every test trains in seconds on a CPU.
+TINY = [
+    "model.channels=[4,8,16]",
+    "model.strides=[2,2]",
+    "model.num_res_units=0",
+    "data.patch_size=[32,32,32]",
+    "data.spacing=[2.0,2.0,2.0]",
+    "data.samples_per_volume=1",
+    "train.max_epochs=1",
+    "train.iterations_per_epoch=2",
+    "train.batch_size=1",
+    "train.progress=false",
+    "train.final_validation=false",
+    "infer.overlap=0.25",
+]
+
+
+def shared_dataset(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"real data not present: {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory) -> Path:
+    """Six small synthetic CT cases in the nnU-Net v2 layout."""
+    return generate_phantom_dataset(tmp_path_factory.mktemp("phantom"), num_cases=6, seed=0, shape=(40, 36, 24))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(phantom_dir, tmp_path_factory) -> Path:
+    """A run folder trained for one tiny epoch on the phantoms (for inference tests)."""
+    from medseg.training import train
+
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    train(None, data_dir=phantom_dir, output=run_dir, overrides=TINY, log=lambda _: None)
+    return run_dir
+
+
+def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(array, np.eye(4) if affine is None else affine), str(path))
+    return path
+
+
+def oblique_affine(spacing=(0.8, 1.3, 2.7), degrees: float = 20.0) -> np.ndarray:
+    """An anisotropic, rotated (non-axis-aligned) affine with a non-zero origin."""
+    t = np.radians(degrees)
+    rotation = np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag(spacing)
+    affine[:3, 3] = [-40.0, 12.5, 7.0]
+    return affine
