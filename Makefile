@@ -21,7 +21,7 @@ demo: install
 	$(BIN)/medseg demo
 
 benchmark: install
-	$(BIN)/python benchmarks/benchmark_patch.py
+	$(BIN)/python -m medseg.benchmark
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache

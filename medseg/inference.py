@@ -50,7 +50,10 @@ class Predictor:
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise MedsegError(f"{run_dir}: run folder not found")
-        state = load_checkpoint(run_dir / checkpoint)
+        path = run_dir / checkpoint
+        if not path.exists() and checkpoint == "best.pt" and (run_dir / "last.pt").exists():
+            path = run_dir / "last.pt"  # stopped before its first validation
+        state = load_checkpoint(path)
         self.config: Config = config_from_dict(state["config"])
         self.device = resolve_device(device)
         self.segmenter = build_segmenter(self.config)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import yaml
 from monai.data import CacheDataset, DataLoader
 from monai.transforms import Compose
 from torch.utils.data import RandomSampler
@@ -99,10 +100,8 @@ def _prepare_resume(output, overrides) -> tuple[Config, dict, Path, dict[str, Ca
     for name in ("config.yaml", "split.json", "last.pt"):
         if not (run_dir / name).is_file():
             raise MedsegError(f"{run_dir / name}: not found; cannot resume this run folder")
-    import yaml
-
-    config = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
-    config = config_from_dict(_merge(dataclasses.asdict(config), parse_overrides(overrides)))
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config = config_from_dict(_merge(saved, parse_overrides(overrides)))
     split = json.loads((run_dir / "split.json").read_text())
     dataset = discover_dataset(config.data.root)
     return config, split, run_dir, {c.case_id: c for c in dataset.cases}
