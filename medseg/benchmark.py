@@ -39,6 +39,10 @@ LARGE_CT_OVERRIDES = ["data.spacing=[1.5,1.5,2.0]", "data.patch_size=[96,96,96]"
 
 
 def _peak_rss_gb() -> float:
+    """This process's peak resident memory (VmHWM; unlike ru_maxrss it is not inherited across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024**2
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
@@ -98,7 +102,6 @@ def make_large_ct(source: Path, target: Path, shape=LARGE_CT_SHAPE) -> Path:
 def _infer_one(run_dir: str, image: str, output: str) -> None:
     from medseg.inference import Predictor
 
-    torch.set_num_threads(torch.get_num_threads())
     predictor = Predictor(run_dir, device="auto")
     start = time.perf_counter()
     predictor.predict_paths(image, output, overwrite=True, progress=False, log=lambda _: None)

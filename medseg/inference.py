@@ -109,7 +109,7 @@ class Predictor:
             if target.exists() and not overwrite:
                 raise MedsegError(f"{target}: already exists; pass --overwrite to replace it")
         written = []
-        bar = tqdm(list(zip(files, targets)), desc="infer", unit="case", disable=not progress)
+        bar = tqdm(list(zip(files, targets)), desc="infer", unit="case", disable=None if progress else True)
         for source, target in bar:
             start = time.perf_counter()
             result = self.predict_file(source, keep_probabilities=save_probabilities)
@@ -122,5 +122,5 @@ class Predictor:
                         )
             written.append(target)
             message = f"{source.name} -> {target} ({time.perf_counter() - start:.1f} s)"
-            bar.write(message) if progress else log(message)
+            bar.write(message) if not bar.disable else log(message)
         return written

@@ -98,12 +98,23 @@ def _require_3d(path: Path, shape: tuple[int, ...]) -> tuple[int, ...]:
     return shape
 
 
-def read_header(path: str | os.PathLike) -> tuple[tuple[int, int, int], np.ndarray]:
-    """Shape and affine without reading the voxels (cheap checks over a whole dataset)."""
-    path = Path(path)
+@contextlib.contextmanager
+def _reading(path: Path, what: str) -> Iterator[None]:
+    """Turn reader failures (nibabel and SimpleITK raise many types for corrupt files) into one line."""
     if not path.exists():
         raise MedsegError(f"{path}: no such file or folder")
     try:
+        yield
+    except MedsegError:
+        raise
+    except Exception as exc:
+        raise MedsegError(f"{path}: cannot read {what} ({_short(exc)})") from None
+
+
+def read_header(path: str | os.PathLike) -> tuple[tuple[int, int, int], np.ndarray]:
+    """Shape and affine without reading the voxels (cheap checks over a whole dataset)."""
+    path = Path(path)
+    with _reading(path, "image header"):
         if _is_nifti(path):
             image = nib.load(str(path))
             shape, affine = tuple(int(s) for s in image.shape), np.asarray(image.affine, dtype=np.float64)
@@ -118,19 +129,13 @@ def read_header(path: str | os.PathLike) -> tuple[tuple[int, int, int], np.ndarr
             if reader.GetNumberOfComponents() != 1:
                 raise MedsegError(f"{path}: expected one value per voxel, got {reader.GetNumberOfComponents()} components")
             affine = _sitk_affine(reader) if len(shape) == 3 else np.eye(4)
-    except MedsegError:
-        raise
-    except Exception as exc:  # nibabel and SimpleITK raise many types for corrupt files
-        raise MedsegError(f"{path}: cannot read image header ({_short(exc)})") from None
     return _require_3d(path, shape), affine
 
 
 def read_volume(path: str | os.PathLike) -> Volume:
     """Read a 3D image (NIfTI, NRRD, MHA/MHD or a DICOM series folder) with its geometry."""
     path = Path(path)
-    if not path.exists():
-        raise MedsegError(f"{path}: no such file or folder")
-    try:
+    with _reading(path, "image"):
         if _is_nifti(path):
             image = nib.load(str(path))
             array = np.asanyarray(image.dataobj)
@@ -142,10 +147,6 @@ def read_volume(path: str | os.PathLike) -> Volume:
                 raise MedsegError(f"{path}: expected one value per voxel, got {image.GetNumberOfComponentsPerPixel()} components")
             array = sitk.GetArrayFromImage(image).transpose(*reversed(range(image.GetDimension())))
             header, affine = None, _sitk_affine(image) if image.GetDimension() == 3 else np.eye(4)
-    except MedsegError:
-        raise
-    except Exception as exc:
-        raise MedsegError(f"{path}: cannot read image ({_short(exc)})") from None
     shape = _require_3d(path, tuple(array.shape))
     array = array.reshape(shape)
     if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:

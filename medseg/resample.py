@@ -4,6 +4,11 @@ MONAI's resamplers build a sampling grid for the whole output at once (three flo
 voxel); for a 512x512x280 CT that alone is ~880 MB per class. Here the output is produced a slab at a
 time and reduced to labels immediately, so memory stays at the size of the uint8 label map plus one
 slab, whatever the size of the scan.
+
+Preprocessing only reorients (axis permutations and flips) and rescales, so the map from original to
+network voxels is almost always axis-aligned; trilinear interpolation is then done as three 1D linear
+passes, several times faster than ``grid_sample`` with identical results. Any other map (e.g. a
+rotated grid) goes through ``grid_sample``.
 """
 
 from __future__ import annotations
@@ -13,13 +18,78 @@ import torch
 import torch.nn.functional as F
 
 
-def _normalized_mapping(src_affine, dst_affine, src_shape) -> tuple[torch.Tensor, torch.Tensor]:
-    """Matrix A and offset b mapping destination voxel indices to grid_sample's [-1, 1] source coords."""
-    mapping = np.linalg.inv(np.asarray(src_affine, dtype=np.float64)) @ np.asarray(dst_affine, dtype=np.float64)
-    scale = 2.0 / np.maximum(np.asarray(src_shape, dtype=np.float64) - 1.0, 1.0)
-    a = mapping[:3, :3] * scale[:, None]
-    b = mapping[:3, 3] * scale - 1.0
-    return torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32)
+def class_argmax(probabilities: torch.Tensor) -> torch.Tensor:
+    """uint8 argmax over the class axis 0 (``max(0).indices``: on CPU, ``argmax(0)`` is ~15x slower)."""
+    return probabilities.max(0).indices.to(torch.uint8)
+
+
+def _interpolation_matrix(coords: torch.Tensor, size: int) -> torch.Tensor:
+    """[len(coords), size] matrix of linear-interpolation weights at fractional indices; zero outside."""
+    low = torch.floor(coords)
+    weight = (coords - low).float()
+    low = low.long()
+    matrix = torch.zeros(len(coords), size + 2)  # one spare column each side for out-of-range corners
+    rows = torch.arange(len(coords))
+    matrix[rows, (low + 1).clamp(0, size + 1)] += 1 - weight
+    matrix[rows, (low + 2).clamp(0, size + 1)] += weight
+    return matrix[:, 1:-1].to(coords.device)
+
+
+def _axis_permutation(matrix: np.ndarray) -> list[int] | None:
+    """For a scaled permutation matrix (one non-zero per row and column), the destination axis each
+    source axis follows; None for any other (oblique) matrix."""
+    nonzero = np.abs(matrix) > 1e-6 * np.abs(matrix).max()
+    if not (nonzero.sum(0) == 1).all() or not (nonzero.sum(1) == 1).all():
+        return None
+    return [int(np.flatnonzero(row)[0]) for row in nonzero]
+
+
+def _lerp(x: torch.Tensor, dim: int, coords: torch.Tensor) -> torch.Tensor:
+    """Linear interpolation of ``x`` along ``dim`` at fractional indices ``coords``; zero outside."""
+    size = x.shape[dim]
+    low = torch.floor(coords)
+    weight = (coords - low).to(x.dtype)
+    low = low.long()
+    high = low + 1
+    shape = [1] * x.ndim
+    shape[dim] = -1
+    w_low = ((1 - weight) * ((low >= 0) & (low < size))).view(shape)
+    w_high = (weight * ((high >= 0) & (high < size))).view(shape)
+    return x.index_select(dim, low.clamp(0, size - 1)) * w_low + x.index_select(dim, high.clamp(0, size - 1)) * w_high
+
+
+def _separable_slabs(source: torch.Tensor, mapping: np.ndarray, order: list[int], dst_shape, slab: int):
+    """Yield (start, [K, s, H, W]) slabs of the trilinear resampling of [K, ...] ``source``, one axis at a time."""
+    src_axes = [order.index(j) for j in range(3)]  # source axis that follows destination axis j
+    aligned = source.permute(0, *(1 + a for a in src_axes))
+    device = source.device
+    coords = [
+        torch.arange(n, device=device, dtype=torch.float64) * mapping[a, j] + mapping[a, 3]
+        for j, (a, n) in enumerate(zip(src_axes, dst_shape))
+    ]
+    # The last (contiguous) axis as a matrix product: index_select along it is the slow part otherwise.
+    last = _interpolation_matrix(coords[2], aligned.shape[3]).T.contiguous()
+    for start in range(0, dst_shape[0], slab):
+        part = _lerp(aligned, 1, coords[0][start : start + slab])
+        part = _lerp(part, 2, coords[1])
+        yield start, part @ last
+
+
+def _grid_sample_slabs(source: torch.Tensor, mapping: np.ndarray, dst_shape, slab: int):
+    """Yield (start, [K, s, H, W]) slabs of [K, ...] ``source`` resampled with ``grid_sample`` (any affine map)."""
+    device = source.device
+    scale = 2.0 / np.maximum(np.asarray(source.shape[1:], dtype=np.float64) - 1.0, 1.0)
+    a = torch.as_tensor(mapping[:3, :3] * scale[:, None], dtype=torch.float32, device=device)
+    b = torch.as_tensor(mapping[:3, 3] * scale - 1.0, dtype=torch.float32, device=device)
+    d, h, w = dst_shape
+    rows = torch.arange(h, device=device, dtype=torch.float32)
+    cols = torch.arange(w, device=device, dtype=torch.float32)
+    plane = a[:, 1, None, None] * rows[None, :, None] + a[:, 2, None, None] * cols[None, None, :] + b[:, None, None]
+    for start in range(0, d, slab):
+        index = torch.arange(start, min(start + slab, d), device=device, dtype=torch.float32)
+        coords = plane[:, None] + a[:, 0, None, None, None] * index[None, :, None, None]
+        grid = coords.flip(0).permute(1, 2, 3, 0)[None]  # grid_sample wants (x, y, z) = (last, middle, first)
+        yield start, F.grid_sample(source[None], grid, mode="bilinear", padding_mode="zeros", align_corners=True)[0]
 
 
 @torch.inference_mode()
@@ -29,34 +99,31 @@ def probabilities_to_grid(
     dst_affine,
     dst_shape: tuple[int, int, int],
     keep_probabilities: bool = False,
-    max_slab_voxels: int = 2**21,
+    max_slab_voxels: int = 2**19,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Resample [K, *src] probabilities (trilinear) onto ``dst_shape`` with ``dst_affine`` and argmax.
 
     Voxels of the destination that fall outside the source grid (e.g. cropped-away air) are
     background. Returns uint8 labels and, if asked, float16 probabilities [K, *dst_shape].
     """
-    device = probabilities.device
-    src_shape = probabilities.shape[1:]
-    a, b = (t.to(device) for t in _normalized_mapping(src_affine, dst_affine, src_shape))
+    mapping = np.linalg.inv(np.asarray(src_affine, dtype=np.float64)) @ np.asarray(dst_affine, dtype=np.float64)
     d, h, w = (int(s) for s in dst_shape)
-    rows = torch.arange(h, device=device, dtype=torch.float32)
-    cols = torch.arange(w, device=device, dtype=torch.float32)
-    plane = a[:, 1, None, None] * rows[None, :, None] + a[:, 2, None, None] * cols[None, None, :] + b[:, None, None]
     labels = np.empty((d, h, w), dtype=np.uint8)
     kept = np.empty((probabilities.shape[0], d, h, w), dtype=np.float16) if keep_probabilities else None
     # Shift background by -1 so that zero padding outside the source grid reads as background = 1.
-    source = probabilities[None].float()
-    source[:, 0] -= 1.0
+    source = probabilities.float()
+    source[0] -= 1.0
     slab = max(1, max_slab_voxels // max(h * w, 1))
-    for start in range(0, d, slab):
-        index = torch.arange(start, min(start + slab, d), device=device, dtype=torch.float32)
-        coords = plane[:, None] + a[:, 0, None, None, None] * index[None, :, None, None]
-        grid = coords.flip(0).permute(1, 2, 3, 0)[None]  # grid_sample wants (x, y, z) = (last, middle, first)
-        out = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=True)[0]
+    order = _axis_permutation(mapping[:3, :3])
+    slabs = (
+        _separable_slabs(source, mapping, order, (d, h, w), slab)
+        if order is not None
+        else _grid_sample_slabs(source, mapping, (d, h, w), slab)
+    )
+    for start, out in slabs:
         out[0] += 1.0
-        labels[start : start + len(index)] = out.argmax(0).to(torch.uint8).cpu().numpy()
+        labels[start : start + out.shape[1]] = class_argmax(out).cpu().numpy()
         if kept is not None:
-            kept[:, start : start + len(index)] = out.cpu().numpy()
-    source[:, 0] += 1.0  # ``source`` may share memory with the caller's tensor
+            kept[:, start : start + out.shape[1]] = out.cpu().numpy()
+    source[0] += 1.0  # ``source`` may share memory with the caller's tensor
     return labels, kept

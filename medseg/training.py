@@ -7,6 +7,7 @@ out-of-range files met while caching) fails before the run folder is created.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import json
 import time
 from collections.abc import Callable
@@ -40,7 +41,7 @@ def _loaders(config: Config, segmenter: Segmenter, train_cases: list[Case], val_
     data, train = config.data, config.train
     deterministic = preprocessing(data)
     cache_rate = 1.0 if data.cache else 0.0
-    progress = train.progress and is_main_process()
+    progress = train.progress and is_main_process() and sys.stderr.isatty()
     train_ds = CacheDataset(_items(train_cases), Compose(deterministic + segmenter.train_sampling()),
                             cache_rate=cache_rate, progress=progress)
     val_ds = CacheDataset(_items(val_cases), Compose(deterministic), cache_rate=cache_rate, progress=progress)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from medseg.data.phantom import PHANTOM_CLASSES, generate_phantom_dataset, make_phantom_case
+from medseg.errors import MedsegError
 
 SMALL = (48, 48, 32)
 
@@ -154,17 +155,11 @@ def test_dataset_is_deterministic_and_cases_do_not_depend_on_count(tmp_path):
         assert not np.array_equal(_read(a / name)[0], _read(c / name)[0])
 
 
-def test_rerun_with_fewer_cases_removes_only_stale_phantom_files(tmp_path):
-    out = generate_phantom_dataset(tmp_path, num_cases=3, seed=0, shape=SMALL)
-    (out / "imagesTr" / "notes.txt").write_text("keep me")
-    generate_phantom_dataset(out, num_cases=2, seed=0, shape=SMALL)
-    assert sorted(p.name for p in (out / "imagesTr").iterdir()) == [
-        "notes.txt",
-        "phantom_000_0000.nii.gz",
-        "phantom_001_0000.nii.gz",
-    ]
-    assert sorted(p.name for p in (out / "labelsTr").iterdir()) == ["phantom_000.nii.gz", "phantom_001.nii.gz"]
-    assert json.loads((out / "dataset.json").read_text())["numTraining"] == 2
+def test_refuses_a_folder_that_is_not_empty(tmp_path):
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(MedsegError, match="not empty"):
+        generate_phantom_dataset(tmp_path, num_cases=1, seed=0, shape=SMALL)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
 def test_rejects_bad_arguments(tmp_path):

@@ -82,7 +82,7 @@ def preprocessing(data: DataConfig, with_label: bool = True) -> list[Transform]:
     loader = LoadVolumed(keys, num_classes=len(data.class_names) if data.class_names else None)
     steps: list[Transform] = [loader, Orientationd(keys, axcodes=data.orientation, labels=None)]
     if data.spacing:
-        steps.append(Spacingd(keys, pixdim=data.spacing, mode=modes))
+        steps.append(Spacingd(keys, pixdim=data.spacing, mode=modes, dtype=torch.float32))
     if data.crop_foreground:
         steps.append(CropForegroundd(keys, source_key="image", select_fn=_foreground_selector(data), allow_smaller=True))
     steps.append(intensity_transform(data))

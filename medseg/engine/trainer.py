@@ -155,6 +155,11 @@ class Trainer:
         if generator is not None:
             generator.manual_seed(seed)
 
+    @property
+    def _bar_disabled(self) -> bool | None:
+        """None lets tqdm hide bars when stderr is not a terminal (cluster logs keep the epoch lines)."""
+        return None if self.config.train.progress and is_main_process() else True
+
     def _train_epoch(self) -> dict[str, float]:
         self.segmenter.train()
         accumulate = max(1, self.config.train.grad_accumulation)
@@ -162,7 +167,7 @@ class Trainer:
         steps = 0
         self.optimizer.zero_grad(set_to_none=True)
         bar = tqdm(self.train_loader, desc=f"epoch {self.epoch}", leave=False,
-                   disable=not (self.config.train.progress and is_main_process()))
+                   disable=self._bar_disabled)
         for i, batch in enumerate(bar):
             batch = self._to_device(batch)
             with torch.autocast(self.device.type, enabled=self.use_amp):
@@ -190,7 +195,7 @@ class Trainer:
         self.segmenter.eval()
         dices = []
         bar = tqdm(self.val_loader, desc="validation", leave=False,
-                   disable=not (self.config.train.progress and is_main_process()))
+                   disable=self._bar_disabled)
         for batch in bar:
             dices.append(self.segmenter.validation_step(self._to_device(batch))["dice"])
         per_class = torch.nanmean(torch.cat(dices), dim=0)

@@ -10,6 +10,7 @@ from medseg.config import Config
 from medseg.data.transforms import augmentation
 from medseg.losses import build_loss
 from medseg.networks import build_network_3d
+from medseg.resample import class_argmax
 from medseg.strategies.base import Segmenter, VolumePrediction
 
 
@@ -73,4 +74,4 @@ class PatchSegmenter(Segmenter):
                 out = (out.flip(dims) if dims else out).float()
                 logits = out if logits is None else logits.add_(out)
         probabilities = softmax_(logits[0].div_(len(flips)))
-        return VolumePrediction(labels=probabilities.argmax(0).to(torch.uint8), probabilities=probabilities)
+        return VolumePrediction(labels=class_argmax(probabilities), probabilities=probabilities)
