@@ -85,6 +85,8 @@ def _prepare_new(config_path, data_dir, output, overrides) -> tuple[Config, dict
     if not config.data.root:
         raise MedsegError("no dataset: pass --data DIR or set data.root in the config")
     dataset = discover_dataset(config.data.root)
+    # Absolute, so the saved config still finds the data when resumed from another folder.
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=str(dataset.root.resolve())))
     cases = dataset.cases[: config.data.max_cases] if config.data.max_cases else dataset.cases
     _check_headers(cases, len(dataset.class_names) if dataset.class_names else None)
     d = config.data

@@ -7,6 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from medseg.data.phantom import generate_phantom_dataset
 
@@ -66,3 +67,23 @@ def oblique_affine(spacing=(0.8, 1.3, 2.7), degrees: float = 20.0) -> np.ndarray
     affine[:3, :3] = rotation @ np.diag(spacing)
     affine[:3, 3] = [-40.0, 12.5, 7.0]
     return affine
+
+
+def write_dicom_series(folder, array, spacing, origin):
+    """A CT series the way scanners store it: one file per slice with position and orientation tags."""
+    folder.mkdir()
+    image = sitk.GetImageFromArray(array.transpose(2, 1, 0))
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    series_uid = "1.2.826.0.1.3680043.2.1125.1.1234567890"
+    for k in range(array.shape[2]):
+        piece = image[:, :, k]
+        for tag, value in [("0008|0060", "CT"), ("0020|000e", series_uid), ("0020|000d", series_uid + ".1"),
+                           ("0020|0013", str(k + 1)), ("0018|0050", str(spacing[2])),
+                           ("0020|0037", "1\\0\\0\\0\\1\\0"),
+                           ("0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, k)))))]:
+            piece.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
+        writer.Execute(piece)

@@ -6,7 +6,7 @@ from medseg.errors import MedsegError
 from medseg.inference import Predictor
 from medseg.io import read_volume, write_volume
 
-from conftest import oblique_affine, write_nifti
+from conftest import oblique_affine, write_dicom_series, write_nifti
 
 
 def _ct_like(shape, seed=0):
@@ -68,3 +68,13 @@ def test_missing_or_foreign_checkpoint(tmp_path):
     (tmp_path / "best.pt").write_bytes(b"garbage")
     with pytest.raises(MedsegError, match="best.pt: cannot load checkpoint"):
         Predictor(tmp_path)
+
+
+def test_dicom_series_folder_is_predicted_under_the_folder_name(tiny_run, tmp_path):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    write_dicom_series(scans / "patient7", _ct_like((30, 28, 10)), (0.8, 0.8, 3.0), (-10.0, 5.0, 40.0))
+    Predictor(tiny_run, device="cpu").predict_paths(scans, tmp_path / "out", progress=False, log=lambda _: None)
+    written = nib.load(str(tmp_path / "out" / "patient7.nii.gz"))
+    assert written.shape == (30, 28, 10)
+    np.testing.assert_allclose(written.affine, read_volume(scans / "patient7").affine, atol=1e-4)

@@ -8,7 +8,7 @@ import SimpleITK as sitk
 from medseg.errors import MedsegError
 from medseg.io import atomic_output, case_id, read_header, read_volume, write_volume
 
-from conftest import oblique_affine, write_nifti
+from conftest import oblique_affine, write_dicom_series, write_nifti
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
@@ -79,3 +79,14 @@ def test_case_id_drops_only_the_channel_suffix(tmp_path):
     assert case_id(tmp_path / "kbp_001_0000.nii.gz") == "kbp_001"
     assert case_id(tmp_path / "amos_0001.nii.gz") == "amos_0001"
     assert case_id(tmp_path / "scan.mha") == "scan"
+
+
+def test_dicom_series_folder_reads_with_geometry(tmp_path):
+    array = np.random.default_rng(0).integers(-1000, 1000, (12, 10, 6)).astype(np.int16)
+    write_dicom_series(tmp_path / "series", array, (0.7, 0.7, 2.5), (-50.0, 20.0, 100.0))
+    volume = read_volume(tmp_path / "series")
+    np.testing.assert_array_equal(volume.array, array)
+    np.testing.assert_allclose(volume.spacing, (0.7, 0.7, 2.5), atol=1e-4)
+    # LPS origin (-50, 20, 100) is RAS (50, -20, 100)
+    np.testing.assert_allclose(volume.affine[:3, 3], (50.0, -20.0, 100.0), atol=1e-4)
+    assert read_header(tmp_path / "series")[0] == (12, 10, 6)
