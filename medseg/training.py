@@ -129,6 +129,9 @@ def train(
 ) -> Path:
     """Train a model; returns the run folder (config.yaml, split.json, best.pt, last.pt, logs)."""
     overrides = list(overrides or [])
+    device = distributed_device()
+    if not is_main_process():
+        log = lambda _: None  # noqa: E731  (one log, from rank 0)
     if resume:
         config, split, run_dir, by_id = _prepare_resume(output, overrides)
     else:
@@ -136,19 +139,20 @@ def train(
     missing = [i for i in split["train"] + split["validation"] if i not in by_id]
     if missing:
         raise MedsegError(f"{config.data.root}: split names cases that are not in the dataset: {', '.join(missing[:5])}")
-    device = distributed_device()
     torch.manual_seed(config.train.seed)
     segmenter = build_segmenter(config)
     train_cases = [by_id[i] for i in split["train"]]
     val_cases = [by_id[i] for i in split["validation"]]
     log(f"{len(train_cases)} training and {len(val_cases)} validation cases; caching preprocessed volumes")
     train_loader, val_loader = _loaders(config, segmenter, train_cases, val_cases)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()  # every rank has checked the run folder before rank 0 creates it
     if is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
         _write_json(run_dir / "split.json", split)
     log(f"run folder: {run_dir}")
-    hooks = [LogFileHook(run_dir / "train_log.jsonl"), TensorBoardHook(run_dir / "tensorboard")]
+    hooks = [LogFileHook(run_dir / "train_log.jsonl"), TensorBoardHook(run_dir / "tensorboard")] if is_main_process() else []
     trainer = Trainer(segmenter, config, run_dir, train_loader, val_loader, device, hooks)
     result = trainer.fit(resume=resume, log=log)
     log(f"best validation mean Dice {result.best_metric:.4f} at epoch {result.best_epoch} "

@@ -93,7 +93,7 @@ class Trainer:
         self.train_loader = train_loader
         self.val_loader = val_loader
         self.device = device
-        self.hooks = list(hooks) if is_main_process() else []
+        self.hooks = list(hooks)
         if dist.is_initialized():
             ids = [device.index] if device.type == "cuda" else None
             self.segmenter.network = DistributedDataParallel(self.segmenter.network, device_ids=ids)
