@@ -45,12 +45,12 @@ def _loaders(config: Config, segmenter: Segmenter, train_cases: list[Case], val_
     train_ds = CacheDataset(_items(train_cases), Compose(deterministic + segmenter.train_sampling()),
                             cache_rate=cache_rate, progress=progress)
     val_ds = CacheDataset(_items(val_cases), Compose(deterministic), cache_rate=cache_rate, progress=progress)
-    generator = torch.Generator()
-    if torch.distributed.is_initialized():
-        sampler = DistributedSampler(train_ds, seed=train.seed)
-    elif train.iterations_per_epoch:
+    generator = torch.Generator()  # re-seeded every epoch by the Trainer (per rank under DDP)
+    if train.iterations_per_epoch:
         sampler = RandomSampler(train_ds, replacement=True, num_samples=train.iterations_per_epoch * train.batch_size,
                                 generator=generator)
+    elif torch.distributed.is_initialized():
+        sampler = DistributedSampler(train_ds, seed=train.seed)
     else:
         sampler = RandomSampler(train_ds, generator=generator)
     train_loader = DataLoader(train_ds, batch_size=train.batch_size, sampler=sampler, num_workers=data.num_workers,

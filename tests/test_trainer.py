@@ -66,3 +66,23 @@ def test_learning_rate_schedule_uses_epochs_or_time_whichever_is_further():
     assert learning_rate(config, 1, 45.0) == pytest.approx(0.01 * 0.25**0.9)
     cosine = load_config(None, ["train.lr=0.01", "train.max_epochs=10", "train.scheduler=cosine"])
     assert learning_rate(cosine, 5, 0.0) == pytest.approx(0.005)
+
+
+def test_torchrun_ddp_on_cpu_writes_one_run_folder(phantom_dir, tmp_path):
+    """Two gloo processes train together; only rank 0 writes, and the checkpoint has no DDP prefixes."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torchrun = Path(sys.executable).parent / "torchrun"
+    run = tmp_path / "ddp"
+    result = subprocess.run(
+        [str(torchrun), "--nproc_per_node=2", "-m", "medseg.cli", "train", str(Path(__file__).parents[1] / "pipelines" / "demo_patch.yaml"),
+         "--data", str(phantom_dir), "--output", str(run), *TINY, "train.max_minutes=null", "train.max_epochs=2"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("run folder:") == 1
+    state = load_checkpoint(run / "last.pt")
+    assert state["epoch"] == 2 and not any(".module." in key for key in state["model"])
+    assert len((run / "train_log.jsonl").read_text().splitlines()) == 2

@@ -142,7 +142,8 @@ class Trainer:
         return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
     def _set_epoch_randomness(self) -> None:
-        seed = self.config.train.seed * 100_003 + self.epoch
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        seed = self.config.train.seed * 100_003 + self.epoch + rank * 7_919_000
         seed_everything(seed)
         dataset = self.train_loader.dataset
         transform = getattr(dataset, "transform", None)
