@@ -68,13 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"medseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a model from a YAML config")
+    p = sub.add_parser(
+        "train", help="train a model from a YAML config",
+        usage="medseg train CONFIG.yaml [--data DIR] [--output DIR] [--resume] [KEY=VALUE ...]",
+        epilog="KEY=VALUE: override any config key, e.g. train.max_epochs=5 train.max_minutes=10 data.patch_size=[64,64,64]",
+    )
     p.add_argument("config", help="pipeline YAML, e.g. pipelines/hippocampus_patch.yaml")
     p.add_argument("--data", help="dataset folder (MSD, nnU-Net v2, or imagesTr/ + labelsTr/); overrides data.root")
     p.add_argument("--output", help="run folder to create (default runs/<name>-<time>), or to continue with --resume")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.max_epochs=5")
-    p.set_defaults(func=_train)
+    p.set_defaults(func=_train, overrides=[])
 
     p = sub.add_parser("infer", help="segment images with a trained run folder")
     p.add_argument("--model", required=True, help="run folder written by 'medseg train'")
@@ -123,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra != overrides or (overrides and not hasattr(args, "overrides")):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if overrides:
-        args.overrides = [*args.overrides, *overrides]
+        args.overrides = overrides
     try:
         return args.func(args)
     except Exception as exc:

@@ -35,7 +35,11 @@ def test_resume_continues_exactly(phantom_dir, tmp_path):
 def test_run_folder_contents_and_weights_only_checkpoint(tiny_run):
     for name in ("config.yaml", "split.json", "best.pt", "last.pt", "train_log.jsonl"):
         assert (tiny_run / name).is_file(), name
-    assert any((tiny_run / "tensorboard").iterdir())
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tiny_run / "tensorboard")).Reload()
+    assert {"train/loss", "val/mean_dice", "val/dice_liver", "lr"} <= set(events.Tags()["scalars"])
+    assert events.Tags()["images"] == ["val/overlay_truth_vs_prediction"]
     state = torch.load(tiny_run / "best.pt", map_location="cpu", weights_only=True)
     assert state["config"]["data"]["class_names"] == ["background", "liver", "kidney", "spine"]
     assert state["config"]["data"]["modality"] == "ct" and len(state["config"]["data"]["intensity_window"]) == 2

@@ -12,9 +12,10 @@ from medseg.strategies.base import Segmenter
 
 
 class Hook:
-    """Called by the Trainer; ``logs`` holds the epoch's scalars (loss, lr, dice per class...)."""
+    """Called by the Trainer; ``logs`` holds the epoch's scalars (loss, lr, dice per class...) and, after a
+    validation, ``preview`` the first validation case's ``image``, ``label`` and ``prediction``."""
 
-    def after_epoch(self, epoch: int, logs: dict[str, float], segmenter: Segmenter, val_batch: dict | None) -> None:
+    def after_epoch(self, epoch: int, logs: dict[str, float], segmenter: Segmenter, preview: dict | None) -> None:
         pass
 
     def after_train(self) -> None:
@@ -27,13 +28,14 @@ class LogFileHook(Hook):
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def after_epoch(self, epoch, logs, segmenter, val_batch) -> None:
+    def after_epoch(self, epoch, logs, segmenter, preview) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps({"epoch": epoch, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **logs}) + "\n")
 
 
 def overlay(image: torch.Tensor, labels: torch.Tensor, num_classes: int, alpha: float = 0.45) -> torch.Tensor:
-    """A [3, H, W] RGB picture of a grey image slice with coloured labels, for TensorBoard."""
+    """A [3, H, W] RGB picture of a grey image slice with coloured labels, for TensorBoard.
+    (MONAI's ``blend_images`` does this too but needs matplotlib, which medseg does not depend on.)"""
     grey = image.float()
     grey = (grey - grey.min()) / (grey.max() - grey.min() + 1e-8)
     rgb = grey.expand(3, *grey.shape).clone()
@@ -55,18 +57,14 @@ class TensorBoardHook(Hook):
 
         self.writer = SummaryWriter(str(log_dir))
 
-    def after_epoch(self, epoch, logs, segmenter, val_batch) -> None:
+    def after_epoch(self, epoch, logs, segmenter, preview) -> None:
         for key, value in logs.items():
             self.writer.add_scalar(key.replace("_", "/", 1) if key.startswith(("val_", "train_")) else key, value, epoch)
-        if val_batch is not None and "val_mean_dice" in logs:
-            image, label = val_batch["image"][0], val_batch["label"][0, 0]
-            pred = segmenter.predict_volume(image).labels.cpu()
-            z = label.shape[-1] // 2
-            picture = torch.cat(
-                [overlay(image[0, ..., z].cpu(), label[..., z], segmenter.num_classes),
-                 overlay(image[0, ..., z].cpu(), pred[..., z], segmenter.num_classes)],
-                dim=2,
-            )
+        if preview is not None:
+            image, z = preview["image"][0], preview["label"].shape[-1] // 2
+            k = segmenter.num_classes
+            picture = torch.cat([overlay(image[..., z], preview["label"][..., z], k),
+                                 overlay(image[..., z], preview["prediction"][..., z], k)], dim=2)
             self.writer.add_image("val/overlay_truth_vs_prediction", picture, epoch)
         self.writer.flush()
 

@@ -105,6 +105,7 @@ class Trainer:
         self.elapsed_s = 0.0
         self.best_metric = -1.0
         self.best_epoch = -1
+        self.preview: dict[str, torch.Tensor] | None = None
 
     # -- checkpoints -------------------------------------------------------------------------------
     def _model_state(self) -> dict:
@@ -197,8 +198,12 @@ class Trainer:
         dices = []
         bar = tqdm(self.val_loader, desc="validation", leave=False,
                    disable=self._bar_disabled)
-        for batch in bar:
-            dices.append(self.segmenter.validation_step(self._to_device(batch))["dice"])
+        for i, batch in enumerate(bar):
+            out = self.segmenter.validation_step(self._to_device(batch))
+            dices.append(out["dice"])
+            if i == 0:  # shown by the hooks (TensorBoard overlay)
+                self.preview = {"image": batch["image"][0].cpu(), "label": batch["label"][0, 0].cpu(),
+                                "prediction": out["labels"][0].cpu()}
         per_class = torch.nanmean(torch.cat(dices), dim=0)
         names = self.config.data.class_names[1:]
         logs = {f"val_dice_{name}": float(d) for name, d in zip(names, per_class)}
@@ -237,9 +242,8 @@ class Trainer:
                     save_checkpoint(self.run_dir / "best.pt", self._state())
             if is_main_process():
                 save_checkpoint(self.run_dir / "last.pt", self._state())
-                val_batch = next(iter(self.val_loader)) if validate else None
                 for hook in self.hooks:
-                    hook.after_epoch(self.epoch - 1, logs, self.segmenter, val_batch)
+                    hook.after_epoch(self.epoch - 1, logs, self.segmenter, self.preview if validate else None)
                 dice = f" val mean Dice {logs['val_mean_dice']:.4f}" if validate else ""
                 log(f"epoch {self.epoch - 1}: loss {logs['train_loss']:.4f}{dice} lr {lr:.2e} "
                     f"({self.elapsed_s / 60:.1f} min)")

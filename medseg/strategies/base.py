@@ -54,10 +54,12 @@ class Segmenter(nn.Module):
         raise NotImplementedError
 
     def validation_step(self, batch: dict) -> dict[str, torch.Tensor]:
-        """Per-class Dice of each whole validation volume (NaN where a class is absent from both)."""
-        dices = []
+        """Per-class Dice of each whole validation volume (NaN where a class is absent from both), and
+        the predicted ``labels`` (validation batches hold one volume, or volumes of one shape)."""
+        dices, predictions = [], []
         for image, label in zip(batch["image"], batch["label"]):
-            pred = self.predict_volume(image).labels
-            metrics = segmentation_metrics(pred.cpu(), label[0].cpu(), self.num_classes, include_hd95=False)
+            pred = self.predict_volume(image).labels.cpu()
+            metrics = segmentation_metrics(pred, label[0].cpu(), self.num_classes, include_hd95=False)
             dices.append(torch.as_tensor(metrics["dice"], dtype=torch.float32))
-        return {"dice": torch.stack(dices)}
+            predictions.append(pred)
+        return {"dice": torch.stack(dices), "labels": torch.stack(predictions)}
