@@ -20,7 +20,7 @@ def _train(args: argparse.Namespace) -> int:
 def _infer(args: argparse.Namespace) -> int:
     from medseg.inference import Predictor
 
-    predictor = Predictor(args.model, device=args.device)
+    predictor = Predictor(args.model, device=args.device, overrides=args.overrides)
     written = predictor.predict_paths(
         args.input, args.output, overwrite=args.overwrite, save_probabilities=args.save_probabilities,
         progress=not args.no_progress,
@@ -79,7 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
     p.set_defaults(func=_train, overrides=[])
 
-    p = sub.add_parser("infer", help="segment images with a trained run folder")
+    p = sub.add_parser(
+        "infer", help="segment images with a trained run folder",
+        epilog="KEY=VALUE: inference settings, e.g. infer.overlap=0.75 infer.mirror_axes=[0,1,2] slice2d.fusion=majority",
+    )
     p.add_argument("--model", required=True, help="run folder written by 'medseg train'")
     p.add_argument("-i", "--input", required=True, help="image file, DICOM series folder, or folder of images")
     p.add_argument("-o", "--output", required=True, help="folder for <case>.nii.gz label maps")
@@ -87,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing predictions")
     p.add_argument("--save-probabilities", action="store_true", help="also write <case>_probabilities.npz")
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
-    p.set_defaults(func=_infer)
+    p.set_defaults(func=_infer, overrides=[])
 
     p = sub.add_parser("evaluate", help="score predicted label maps against ground truth")
     p.add_argument("--pred", required=True, help="folder of predicted label maps")
@@ -102,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="synthetic CT phantoms: train, infer, evaluate in a few minutes")
     p.add_argument("--output", default="demo_output", help="folder for the data, run and predictions")
-    p.add_argument("--strategy", default="patch", help="volume strategy to demonstrate")
-    p.add_argument("--minutes", type=float, default=3.0, help="training time budget")
+    p.add_argument("--strategy", default="patch", help="patch, slice2d, a comma-separated list, or all (compared)")
+    p.add_argument("--minutes", type=float, default=3.0, help="training time budget per strategy")
     p.set_defaults(func=_demo)
     return parser
 

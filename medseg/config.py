@@ -70,6 +70,29 @@ class ModelConfig:
 
 
 @dataclass
+class Slice2DConfig:
+    """The ``slice2d`` strategy: 2D networks on slices along each axis, fused into one volume.
+
+    ``axes`` are array axes after reorientation to RAS: 0 sagittal, 1 coronal, 2 axial slices.
+    ``context_slices`` k gives 2.5D input (the slice and k neighbours on each side as channels).
+    ``fusion`` is ``mean`` (of probabilities), ``majority`` (vote of the axes) or ``single``
+    (``fusion_axis`` alone). ``refine_rounds`` > 0 turns on coarse-to-fine: predict again inside the
+    bounding box of the last prediction plus ``refine_margin`` voxels until two rounds agree with
+    Dice >= ``refine_stop_dice``.
+    """
+
+    axes: list[int] = field(default_factory=lambda: [0, 1, 2])
+    shared_model: bool = False
+    context_slices: int = 0
+    patch_size: list[int] = field(default_factory=lambda: [128, 128])
+    fusion: str = "mean"
+    fusion_axis: int = 2
+    refine_rounds: int = 0
+    refine_margin: int = 8
+    refine_stop_dice: float = 0.95
+
+
+@dataclass
 class TrainConfig:
     """Optimisation and the training loop."""
 
@@ -113,6 +136,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     infer: InferConfig = field(default_factory=InferConfig)
+    slice2d: Slice2DConfig = field(default_factory=Slice2DConfig)
 
 
 def _type_name(tp: Any) -> str:
@@ -207,10 +231,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return config
 
 
-def config_from_dict(values: dict[str, Any]) -> Config:
-    """Rebuild a config saved in a run folder or checkpoint."""
+def config_from_dict(values: dict[str, Any], overrides: list[str] | None = None) -> Config:
+    """Rebuild a config saved in a run folder or checkpoint, then apply dotted overrides."""
     config = Config()
     _apply(config, values)
+    _apply(config, parse_overrides(overrides or []))
     return config
 
 

@@ -38,6 +38,27 @@ DEMO_OVERRIDES: dict[str, list[str]] = {
         "train.val_every=2",
         "infer.overlap=0.25",
     ],
+    "slice2d": [
+        "name=demo_slice2d",
+        "data.spacing=[1.5,1.5,2.5]",
+        "data.samples_per_volume=2",
+        "data.augment.affine_prob=0.2",
+        "model.strategy=slice2d",
+        "model.network=unet2d",
+        "model.channels=[16,32,64,128]",
+        "model.strides=[2,2,2]",
+        "model.num_res_units=1",
+        "slice2d.context_slices=1",
+        "slice2d.patch_size=[80,80]",
+        "train.max_epochs=1000",
+        "train.max_minutes=3",
+        "train.iterations_per_epoch=25",
+        "train.batch_size=8",
+        "train.lr=0.003",
+        "train.val_every=2",
+        "infer.overlap=0.25",
+        "infer.sw_batch_size=16",
+    ],
 }
 TRAIN_CASES, TEST_CASES = 20, 4
 
@@ -52,25 +73,46 @@ def _dataset(folder: Path, num_cases: int, seed: int, log: Callable[[str], None]
     return generate_phantom_dataset(folder, num_cases=num_cases, seed=seed)
 
 
+def _strategies(strategy: str) -> list[str]:
+    names = list(DEMO_OVERRIDES) if strategy == "all" else [n.strip() for n in strategy.split(",") if n.strip()]
+    unknown = [n for n in names if n not in DEMO_OVERRIDES]
+    if unknown or not names:
+        raise MedsegError(f"--strategy: no demo for '{','.join(unknown) or strategy}'; "
+                          f"available: {', '.join(DEMO_OVERRIDES)} or all")
+    return names
+
+
 def run_demo(output: str | Path = "demo_output", strategy: str = "patch", minutes: float = 3.0,
-             log: Callable[[str], None] = print) -> Path:
-    """Run the demo into ``output``; returns the run folder."""
-    if strategy not in DEMO_OVERRIDES:
-        raise MedsegError(f"--strategy: no demo for '{strategy}'; available: {', '.join(DEMO_OVERRIDES)}")
+             log: Callable[[str], None] = print) -> list[Path]:
+    """Run the demo into ``output`` for one strategy, several (comma-separated) or ``all``, each with
+    ``minutes`` of training; with several, a comparison table closes the output. Returns the run folders."""
+    names = _strategies(strategy)
     start = time.perf_counter()
     output = Path(output)
     train_dir = _dataset(output / "data", TRAIN_CASES, seed=0, log=log)
     test_dir = _dataset(output / "test", TEST_CASES, seed=1, log=log)
-    run_dir = output / f"run-{strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
-    overrides = [*DEMO_OVERRIDES[strategy], f"train.max_minutes={minutes}"]
-    train(None, data_dir=train_dir, output=run_dir, overrides=overrides, log=log)
-    predictions = run_dir / "test_predictions"
-    Predictor(run_dir).predict_paths(test_dir / "imagesTr", predictions, progress=False, log=log)
-    result = evaluate_folders(predictions, test_dir / "labelsTr", output_json=run_dir / "test_metrics.json",
-                              class_names={1: "liver", 2: "kidney", 3: "spine"})
-    log(f"\nheld-out test cases ({TEST_CASES}), strategy '{strategy}':\n{format_table(result)}")
+    runs, rows = [], []
+    for name in names:
+        run_dir = output / f"run-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        train(None, data_dir=train_dir, output=run_dir, overrides=[*DEMO_OVERRIDES[name], f"train.max_minutes={minutes}"],
+              log=log)
+        predictions = run_dir / "test_predictions"
+        infer_start = time.perf_counter()
+        Predictor(run_dir).predict_paths(test_dir / "imagesTr", predictions, progress=False, log=log)
+        seconds = (time.perf_counter() - infer_start) / TEST_CASES
+        result = evaluate_folders(predictions, test_dir / "labelsTr", output_json=run_dir / "test_metrics.json",
+                                  class_names={1: "liver", 2: "kidney", 3: "spine"})
+        log(f"\nheld-out test cases ({TEST_CASES}), strategy '{name}':\n{format_table(result)}")
+        log(f"run folder:  {run_dir}  (tensorboard --logdir {run_dir / 'tensorboard'})")
+        log(f"predictions: {predictions}; metrics: {run_dir / 'test_metrics.json'} and .csv")
+        per_class = result.summary["per_class"]
+        rows.append([name, *(f"{per_class[c]['dice']:.3f}" for c in per_class), f"{result.summary['mean_dice']:.3f}",
+                     f"{seconds:.2f}"])
+        runs.append(run_dir)
+    if len(rows) > 1:
+        header = ["strategy", *per_class, "mean Dice", "infer s/case"]
+        widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+        lines = ["  ".join(str(c).rjust(w) for c, w in zip(r, widths)) for r in [header, *rows]]
+        log("\ncomparison on the held-out test cases (Dice):\n" + "\n".join(lines))
     log(f"\ndone in {(time.perf_counter() - start) / 60:.1f} min")
-    log(f"run folder:  {run_dir}  (tensorboard --logdir {run_dir / 'tensorboard'})")
-    log(f"predictions: {predictions}")
-    log(f"metrics:     {run_dir / 'test_metrics.json'} and .csv")
-    return run_dir
+    return runs

@@ -46,15 +46,23 @@ class CasePrediction:
 class Predictor:
     """Loads a run folder's checkpoint (weights only) and the resolved config it was trained with."""
 
-    def __init__(self, run_dir: str | Path, device: str = "auto", checkpoint: str = "best.pt") -> None:
+    # Settings that change how a trained model predicts, not what it learned.
+    INFERENCE_KEYS = ("infer.", "slice2d.fusion", "slice2d.refine")
+
+    def __init__(
+        self, run_dir: str | Path, device: str = "auto", checkpoint: str = "best.pt", overrides: list[str] | None = None
+    ) -> None:
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise MedsegError(f"{run_dir}: run folder not found")
         path = run_dir / checkpoint
         if not path.exists() and checkpoint == "best.pt" and (run_dir / "last.pt").exists():
             path = run_dir / "last.pt"  # stopped before its first validation
+        for item in overrides or []:
+            if not item.startswith(self.INFERENCE_KEYS):
+                raise MedsegError(f"override '{item}': at inference only {', '.join(self.INFERENCE_KEYS)}* keys can change")
         state = load_checkpoint(path)
-        self.config: Config = config_from_dict(state["config"])
+        self.config: Config = config_from_dict(state["config"], overrides)
         self.device = resolve_device(device)
         self.segmenter = build_segmenter(self.config)
         self.segmenter.load_state_dict(state["model"])

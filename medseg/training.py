@@ -21,7 +21,7 @@ from torch.utils.data import RandomSampler
 from torch.utils.data.distributed import DistributedSampler
 
 from medseg.checks import check_case
-from medseg.config import Config, config_from_dict, load_config, parse_overrides, save_config
+from medseg.config import Config, config_from_dict, load_config, save_config
 from medseg.data.datasets import Case, discover_dataset
 from medseg.data.planning import plan
 from medseg.data.splits import make_split
@@ -103,20 +103,10 @@ def _prepare_resume(output, overrides) -> tuple[Config, dict, Path, dict[str, Ca
     for name in ("config.yaml", "split.json", "last.pt"):
         if not (run_dir / name).is_file():
             raise MedsegError(f"{run_dir / name}: not found; cannot resume this run folder")
-    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    config = config_from_dict(_merge(saved, parse_overrides(overrides)))
+    config = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()), overrides)
     split = json.loads((run_dir / "split.json").read_text())
     dataset = discover_dataset(config.data.root)
     return config, split, run_dir, {c.case_id: c for c in dataset.cases}
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
-    return base
 
 
 def train(

@@ -19,6 +19,7 @@ TINY = [
     "model.strides=[2,2]",
     "model.num_res_units=0",
     "data.patch_size=[32,32,32]",
+    "slice2d.patch_size=[32,32]",
     "data.spacing=[2.0,2.0,2.0]",
     "data.samples_per_volume=1",
     "train.max_epochs=1",

@@ -4,6 +4,8 @@ import dataclasses
 
 import pytest
 import torch
+from monai.data import MetaTensor, list_data_collate
+from monai.transforms import Compose
 
 from medseg.config import load_config
 from medseg.strategies import STRATEGIES, build_segmenter
@@ -13,6 +15,9 @@ from conftest import TINY
 VARIANTS = [
     ("patch", ["model.network=unet"]),
     ("patch", ["model.network=dynunet"]),
+    ("slice2d", ["model.network=unet2d"]),
+    ("slice2d", ["model.network=unet2d", "slice2d.shared_model=true", "slice2d.context_slices=1"]),
+    ("slice2d", ["model.network=fcn", "slice2d.axes=[2]", "slice2d.fusion=single"]),
 ]
 
 
@@ -25,7 +30,7 @@ def _segmenter(strategy, extra):
 
 
 def _batch(size=(32, 32, 32)):
-    """A bright cube (class 1) and a dark slab (class 2) on noise: learnable in a few steps."""
+    """A whole volume as validation sees it: a bright cube (class 1) and a dark slab (class 2) on noise."""
     g = torch.Generator().manual_seed(0)
     image = torch.randn((1, 1, *size), generator=g) * 0.1
     label = torch.zeros((1, 1, *size), dtype=torch.uint8)
@@ -36,6 +41,16 @@ def _batch(size=(32, 32, 32)):
     return {"image": image, "label": label}
 
 
+def _training_batch(segmenter, volumes=2):
+    """Training samples made by the strategy's own sampling transforms from cached-like volumes."""
+    volume = _batch()
+    sampling = Compose(segmenter.train_sampling())
+    sampling.set_random_state(seed=0)
+    samples = [sampling({"image": MetaTensor(volume["image"][0]), "label": MetaTensor(volume["label"][0])})
+               for _ in range(volumes)]
+    return list_data_collate(samples)
+
+
 def test_every_registered_strategy_is_covered():
     assert {s for s, _ in VARIANTS} == set(STRATEGIES.names())
 
@@ -44,7 +59,7 @@ def test_every_registered_strategy_is_covered():
 class TestSegmenterContract:
     def test_training_step_gives_finite_loss_and_gradients(self, strategy, extra):
         segmenter = _segmenter(strategy, extra).train()
-        losses = segmenter.training_step(_batch())
+        losses = segmenter.training_step(_training_batch(segmenter, volumes=6))  # slices of every axis
         assert losses["loss"].ndim == 0 and torch.isfinite(losses["loss"])
         losses["loss"].backward()
         grads = [p.grad for p in segmenter.parameters() if p.requires_grad]
@@ -53,7 +68,7 @@ class TestSegmenterContract:
     def test_loss_decreases_when_fitting_one_batch(self, strategy, extra):
         segmenter = _segmenter(strategy, extra).train()
         optimizer = torch.optim.Adam(segmenter.parameters(), lr=1e-2)
-        batch = _batch()
+        batch = _training_batch(segmenter)
         losses = []
         for _ in range(15):
             optimizer.zero_grad()

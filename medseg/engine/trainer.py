@@ -96,7 +96,9 @@ class Trainer:
         self.hooks = list(hooks)
         if dist.is_initialized():
             ids = [device.index] if device.type == "cuda" else None
-            self.segmenter.network = DistributedDataParallel(self.segmenter.network, device_ids=ids)
+            self.segmenter.network = DistributedDataParallel(
+                self.segmenter.network, device_ids=ids, find_unused_parameters=segmenter.ddp_find_unused_parameters
+            )
         self.optimizer = build_optimizer(config, [p for p in segmenter.parameters() if p.requires_grad])
         self.use_amp = config.train.amp and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
@@ -195,19 +197,24 @@ class Trainer:
     @torch.no_grad()
     def _validate(self) -> dict[str, float]:
         self.segmenter.eval()
-        dices = []
+        scores: dict[str, list[torch.Tensor]] = {}
         bar = tqdm(self.val_loader, desc="validation", leave=False,
                    disable=self._bar_disabled)
         for i, batch in enumerate(bar):
             out = self.segmenter.validation_step(self._to_device(batch))
-            dices.append(out["dice"])
+            for key, value in out.items():
+                if key.startswith("dice"):
+                    scores.setdefault(key, []).append(value)
             if i == 0:  # shown by the hooks (TensorBoard overlay)
                 self.preview = {"image": batch["image"][0].cpu(), "label": batch["label"][0, 0].cpu(),
                                 "prediction": out["labels"][0].cpu()}
-        per_class = torch.nanmean(torch.cat(dices), dim=0)
         names = self.config.data.class_names[1:]
-        logs = {f"val_dice_{name}": float(d) for name, d in zip(names, per_class)}
-        logs["val_mean_dice"] = float(torch.nanmean(per_class))
+        logs = {}
+        for key, values in scores.items():  # "dice" (the prediction), e.g. "dice_axis2" (a part of it)
+            per_class = torch.nanmean(torch.cat(values), dim=0)
+            suffix = key[len("dice"):]
+            logs.update({f"val_dice{suffix}_{name}": float(d) for name, d in zip(names, per_class)})
+            logs[f"val_mean_dice{suffix}"] = float(torch.nanmean(per_class))
         return logs
 
     def _budget_spent(self) -> bool:

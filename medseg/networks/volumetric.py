@@ -15,16 +15,16 @@ from medseg.registry import Registry
 NETWORKS_3D: Registry[Callable[..., nn.Module]] = Registry("3D network")
 
 
-def require_divisible(patch_size: Sequence[int], factor: int, network: str) -> None:
+def require_divisible(patch_size: Sequence[int], factor: int, network: str, key: str = "data.patch_size") -> None:
     """Encoder-decoders need every side divisible by their total downsampling factor."""
     if any(s % factor for s in patch_size):
         raise MedsegError(
-            f"config key 'data.patch_size': {list(patch_size)} does not suit network '{network}'; "
+            f"config key '{key}': {list(patch_size)} does not suit network '{network}'; "
             f"every side must be divisible by {factor}"
         )
 
 
-def _check_levels(model: ModelConfig) -> None:
+def check_levels(model: ModelConfig) -> None:
     if len(model.channels) != len(model.strides) + 1:
         raise MedsegError(
             f"config keys 'model.channels'/'model.strides': need one more channel entry than strides, "
@@ -34,7 +34,7 @@ def _check_levels(model: ModelConfig) -> None:
 
 @NETWORKS_3D.register("unet")
 def _unet(model: ModelConfig, in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
-    _check_levels(model)
+    check_levels(model)
     require_divisible(patch_size, math.prod(model.strides), "unet")
     return UNet(
         spatial_dims=3,
@@ -50,7 +50,7 @@ def _unet(model: ModelConfig, in_channels: int, out_channels: int, patch_size: S
 
 @NETWORKS_3D.register("dynunet")
 def _dynunet(model: ModelConfig, in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
-    _check_levels(model)
+    check_levels(model)
     require_divisible(patch_size, math.prod(model.strides), "dynunet")
     return DynUNet(
         spatial_dims=3,

@@ -6,9 +6,11 @@ from medseg.config import Config
 from medseg.registry import Registry
 from medseg.strategies.base import Segmenter, VolumePrediction
 from medseg.strategies.patch import PatchSegmenter
+from medseg.strategies.slice2d import SliceSegmenter
 
 STRATEGIES: Registry[type[Segmenter]] = Registry("strategy")
 STRATEGIES.register("patch")(PatchSegmenter)
+STRATEGIES.register("slice2d")(SliceSegmenter)
 
 
 def build_segmenter(config: Config) -> Segmenter:

@@ -31,6 +31,7 @@ class Segmenter(nn.Module):
     """
 
     network: nn.Module
+    ddp_find_unused_parameters = False  # True where a batch may not touch every parameter
 
     def __init__(self, config: Config) -> None:
         super().__init__()
