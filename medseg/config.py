@@ -93,6 +93,19 @@ class Slice2DConfig:
 
 
 @dataclass
+class LowresConfig:
+    """The ``lowres`` strategy: the whole volume resized to ``grid_size`` and segmented at once.
+
+    ``refine_run`` names a ``patch`` run folder for an optional cascade: it predicts again at full
+    resolution inside the bounding box of the low-resolution result plus ``refine_margin_mm``.
+    """
+
+    grid_size: list[int] = field(default_factory=lambda: [128, 128, 64])
+    refine_run: str | None = None
+    refine_margin_mm: float = 10.0
+
+
+@dataclass
 class TrainConfig:
     """Optimisation and the training loop."""
 
@@ -137,6 +150,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     infer: InferConfig = field(default_factory=InferConfig)
     slice2d: Slice2DConfig = field(default_factory=Slice2DConfig)
+    lowres: LowresConfig = field(default_factory=LowresConfig)
 
 
 def _type_name(tp: Any) -> str:

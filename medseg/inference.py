@@ -67,7 +67,8 @@ class Predictor:
         self.segmenter = build_segmenter(self.config)
         self.segmenter.load_state_dict(state["model"])
         self.segmenter.to(self.device).eval()
-        self.preprocess = Compose(preprocessing(self.config.data, with_label=False))
+        self.preprocess = Compose(preprocessing(self.config.data, with_label=False)
+                                  + self.segmenter.grid_transforms(with_label=False))
 
     @property
     def class_names(self) -> list[str]:

@@ -39,7 +39,7 @@ def _items(cases: list[Case]) -> list[dict]:
 
 def _loaders(config: Config, segmenter: Segmenter, train_cases: list[Case], val_cases: list[Case]):
     data, train = config.data, config.train
-    deterministic = preprocessing(data)
+    deterministic = preprocessing(data) + segmenter.grid_transforms(with_label=True)
     cache_rate = 1.0 if data.cache else 0.0
     progress = train.progress and is_main_process() and sys.stderr.isatty()
     train_ds = CacheDataset(_items(train_cases), Compose(deterministic + segmenter.train_sampling()),

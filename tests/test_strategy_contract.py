@@ -18,6 +18,8 @@ VARIANTS = [
     ("slice2d", ["model.network=unet2d"]),
     ("slice2d", ["model.network=unet2d", "slice2d.shared_model=true", "slice2d.context_slices=1"]),
     ("slice2d", ["model.network=fcn", "slice2d.axes=[2]", "slice2d.fusion=single"]),
+    ("lowres", ["model.network=vnet", "lowres.grid_size=[32,32,32]"]),
+    ("lowres", ["model.network=unet", "lowres.grid_size=[32,32,16]"]),
 ]
 
 
@@ -41,9 +43,17 @@ def _batch(size=(32, 32, 32)):
     return {"image": image, "label": label}
 
 
+def _on_grid(segmenter, batch):
+    """A whole-volume batch put on the strategy's own grid (what its cached volumes look like)."""
+    keys = ("image", "label") if "label" in batch else ("image",)
+    grid = Compose(segmenter.grid_transforms(with_label="label" in batch))
+    item = grid({k: MetaTensor(batch[k][0]) for k in keys})
+    return {k: item[k][None] for k in keys}
+
+
 def _training_batch(segmenter, volumes=2):
     """Training samples made by the strategy's own sampling transforms from cached-like volumes."""
-    volume = _batch()
+    volume = _on_grid(segmenter, _batch())
     sampling = Compose(segmenter.train_sampling())
     sampling.set_random_state(seed=0)
     samples = [sampling({"image": MetaTensor(volume["image"][0]), "label": MetaTensor(volume["label"][0])})
@@ -80,17 +90,18 @@ class TestSegmenterContract:
 
     def test_predict_volume_covers_any_shape_and_probabilities_sum_to_one(self, strategy, extra):
         segmenter = _segmenter(strategy, extra).eval()
-        image = torch.randn((1, 37, 29, 41))
+        image = _on_grid(segmenter, {"image": torch.randn((1, 1, 37, 29, 41))})["image"][0]
+        shape = tuple(image.shape[1:])
         prediction = segmenter.predict_volume(image)
-        assert prediction.labels.shape == (37, 29, 41) and prediction.labels.dtype == torch.uint8
-        assert prediction.probabilities.shape == (3, 37, 29, 41)
-        torch.testing.assert_close(prediction.probabilities.sum(0), torch.ones(37, 29, 41))
+        assert prediction.labels.shape == shape and prediction.labels.dtype == torch.uint8
+        assert prediction.probabilities.shape == (3, *shape)
+        torch.testing.assert_close(prediction.probabilities.sum(0), torch.ones(shape))
         torch.testing.assert_close(prediction.labels.long(), prediction.probabilities.argmax(0))
 
     def test_validation_step_gives_dice_per_class(self, strategy, extra):
         segmenter = _segmenter(strategy, extra).eval()
         with torch.no_grad():
-            dice = segmenter.validation_step(_batch())["dice"]
+            dice = segmenter.validation_step(_on_grid(segmenter, _batch()))["dice"]
         assert dice.shape == (1, 2)
         assert ((dice >= 0) & (dice <= 1)).all()
 
@@ -100,5 +111,5 @@ class TestSegmenterContract:
         torch.manual_seed(123)
         second = type(second)(second.config).eval()  # different initial weights
         second.load_state_dict(first.state_dict())
-        image = torch.randn((1, 32, 32, 32))
+        image = _on_grid(first, {"image": torch.randn((1, 1, 32, 32, 32))})["image"][0]
         torch.testing.assert_close(first.predict_volume(image).probabilities, second.predict_volume(image).probabilities)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-from monai.networks.nets import DynUNet, UNet
+from monai.networks.nets import DynUNet, UNet, VNet
 from torch import nn
 
 from medseg.config import ModelConfig
@@ -64,6 +64,15 @@ def _dynunet(model: ModelConfig, in_channels: int, out_channels: int, patch_size
         dropout=model.dropout or None,
         res_block=model.num_res_units > 0,
     )
+
+
+@NETWORKS_3D.register("vnet")
+def _vnet(model: ModelConfig, in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
+    """MONAI's V-Net (Milletari et al. 2016); four stride-2 stages, so sides divisible by 16."""
+    require_divisible(patch_size, 16, "vnet", key="lowres.grid_size")
+    p = model.dropout
+    return VNet(spatial_dims=3, in_channels=in_channels, out_channels=out_channels, dropout_prob_down=p,
+                dropout_prob_up=(p, p))
 
 
 def build_network_3d(model: ModelConfig, in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:

@@ -42,6 +42,11 @@ class Segmenter(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    def grid_transforms(self, with_label: bool) -> list[Transform]:
+        """Deterministic steps after the shared preprocessing that put a volume on the grid the network
+        works on (none by default). Inference maps predictions back through the image's affine."""
+        return []
+
     def train_sampling(self) -> list[Transform]:
         """Transforms after preprocessing that turn a cached volume into training samples."""
         raise NotImplementedError

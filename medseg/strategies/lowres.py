@@ -1,0 +1,52 @@
+"""The ``lowres`` strategy: the whole volume resized to a fixed grid and segmented at once.
+
+After Milletari et al., "V-Net" (3DV 2016), which used 128x128x64: whole-volume context at a low cost,
+paid for with resolution. The resize is an ordinary preprocessing step that updates the image's
+affine, so ``medseg infer`` resamples the class probabilities (not the labels) back to each scan's own
+grid, slab by slab, as for every strategy.
+"""
+
+from __future__ import annotations
+
+import torch
+from monai.transforms import Resized, Transform
+
+from medseg.config import Config
+from medseg.data.transforms import augmentation
+from medseg.errors import MedsegError
+from medseg.losses import build_loss
+from medseg.networks import build_network_3d
+from medseg.resample import class_argmax
+from medseg.strategies.base import Segmenter, VolumePrediction
+from medseg.strategies.patch import softmax_
+
+
+class LowresSegmenter(Segmenter):
+    """V-Net (or a 3D U-Net by name) on volumes resized to ``lowres.grid_size``."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        self.grid_size = list(config.lowres.grid_size)
+        if len(self.grid_size) != 3 or min(self.grid_size) < 1:
+            raise MedsegError(f"config key 'lowres.grid_size': expected three positive sizes, got {self.grid_size}")
+        self.network = build_network_3d(config.model, 1, self.num_classes, self.grid_size)
+        self.loss = build_loss(config.train.loss)
+
+    def grid_transforms(self, with_label: bool) -> list[Transform]:
+        keys = ("image", "label") if with_label else ("image",)
+        # Labels by nearest neighbour for training; images by trilinear interpolation.
+        return [Resized(keys, spatial_size=self.grid_size, mode=("trilinear", "nearest")[: len(keys)])]
+
+    def train_sampling(self) -> list[Transform]:
+        return augmentation(self.config.data.augment, ("image", "label"))
+
+    def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
+        return {"loss": self.loss(self.network(batch["image"]), batch["label"])}
+
+    @torch.inference_mode()
+    def predict_volume(self, image: torch.Tensor) -> VolumePrediction:
+        device = self.device
+        with torch.autocast(device.type, enabled=device.type == "cuda" and self.config.train.amp):
+            logits = self.network(image[None].to(device))
+        probabilities = softmax_(logits[0].float())
+        return VolumePrediction(labels=class_argmax(probabilities), probabilities=probabilities)
