@@ -59,6 +59,20 @@ DEMO_OVERRIDES: dict[str, list[str]] = {
         "infer.overlap=0.25",
         "infer.sw_batch_size=16",
     ],
+    "lowres": [
+        "name=demo_lowres",
+        "data.spacing=[1.5,1.5,2.5]",
+        "data.augment.affine_prob=0.2",
+        "model.strategy=lowres",
+        "model.network=vnet",
+        "lowres.grid_size=[64,64,32]",
+        "train.max_epochs=1000",
+        "train.max_minutes=3",
+        "train.iterations_per_epoch=10",
+        "train.batch_size=2",
+        "train.lr=0.001",
+        "train.val_every=2",
+    ],
 }
 TRAIN_CASES, TEST_CASES = 20, 4
 

@@ -18,7 +18,7 @@ from medseg.data.datasets import list_inputs
 from medseg.data.transforms import preprocessing
 from medseg.engine.checkpoint import load_checkpoint
 from medseg.errors import MedsegError
-from medseg.io import atomic_output, case_id, write_volume
+from medseg.io import Volume, atomic_output, case_id, read_volume, write_volume
 from medseg.resample import probabilities_to_grid
 from medseg.strategies import build_segmenter
 
@@ -47,7 +47,7 @@ class Predictor:
     """Loads a run folder's checkpoint (weights only) and the resolved config it was trained with."""
 
     # Settings that change how a trained model predicts, not what it learned.
-    INFERENCE_KEYS = ("infer.", "slice2d.fusion", "slice2d.refine")
+    INFERENCE_KEYS = ("infer.", "slice2d.fusion", "slice2d.refine", "lowres.refine")
 
     def __init__(
         self, run_dir: str | Path, device: str = "auto", checkpoint: str = "best.pt", overrides: list[str] | None = None
@@ -69,6 +69,17 @@ class Predictor:
         self.segmenter.to(self.device).eval()
         self.preprocess = Compose(preprocessing(self.config.data, with_label=False)
                                   + self.segmenter.grid_transforms(with_label=False))
+        self.refiner = self._refiner(device)
+
+    def _refiner(self, device: str) -> Predictor | None:
+        run = self.config.lowres.refine_run if self.config.model.strategy == "lowres" else None
+        if run is None:
+            return None
+        refiner = Predictor(run, device=device)
+        if refiner.config.model.strategy != "patch" or refiner.class_names != self.class_names:
+            raise MedsegError(f"{run}: lowres.refine_run must be a patch run with the same classes "
+                              f"({', '.join(self.class_names)})")
+        return refiner
 
     @property
     def class_names(self) -> list[str]:
@@ -77,7 +88,15 @@ class Predictor:
     def predict_file(self, path: str | Path, keep_probabilities: bool = False) -> CasePrediction:
         """Preprocess as in training, predict, and resample class probabilities back to the input grid."""
         path = Path(path)
-        image = self.preprocess({"image": path})["image"]
+        labels, probabilities, affine = self.predict_volume(path, keep_probabilities)
+        header = nib.load(str(path)).header if path.name.lower().endswith((".nii", ".nii.gz")) else None
+        return CasePrediction(labels, affine, header, probabilities)
+
+    def predict_volume(self, source: Path | Volume, keep_probabilities: bool = False):
+        """Labels (and optionally probabilities) on the grid of ``source``, a file or an in-memory Volume,
+        with that grid's affine. With a cascade (``lowres.refine_run``) the refining model predicts again
+        inside the region found here."""
+        image = self.preprocess({"image": source})["image"]
         grid_affine = image.affine.numpy()
         original_affine = image.meta["original_affine"].numpy()
         original_shape = tuple(int(s) for s in image.meta["spatial_shape"])
@@ -86,8 +105,32 @@ class Predictor:
         labels, probabilities = probabilities_to_grid(
             prediction.probabilities, grid_affine, original_affine, original_shape, keep_probabilities
         )
-        header = nib.load(str(path)).header if path.name.lower().endswith((".nii", ".nii.gz")) else None
-        return CasePrediction(labels, original_affine, header, probabilities)
+        if self.refiner is not None:
+            labels, probabilities = self._refine(source, labels, probabilities, original_affine, keep_probabilities)
+        return labels, probabilities, original_affine
+
+    def _refine(self, source, labels, probabilities, affine, keep_probabilities):
+        """Cascade: crop the input to the found region plus a margin and let the refining model decide."""
+        spacing = np.linalg.norm(affine[:3, :3], axis=0)
+        margin = np.ceil(self.config.lowres.refine_margin_mm / spacing).astype(int)
+        found = np.argwhere(labels > 0)
+        if len(found) == 0:
+            return labels, probabilities
+        low = np.maximum(found.min(0) - margin, 0)
+        high = np.minimum(found.max(0) + margin + 1, labels.shape)
+        box = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+        volume = source if isinstance(source, Volume) else read_volume(source)
+        crop_affine = affine.copy()
+        crop_affine[:3, 3] = affine[:3, :3] @ low + affine[:3, 3]
+        crop = Volume(np.ascontiguousarray(volume.array[box]), crop_affine)
+        inner_labels, inner_probabilities, _ = self.refiner.predict_volume(crop, keep_probabilities)
+        refined = np.zeros_like(labels)
+        refined[box] = inner_labels
+        if probabilities is not None:
+            probabilities[:] = 0
+            probabilities[0] = 1
+            probabilities[(slice(None), *box)] = inner_probabilities
+        return refined, probabilities
 
     def predict_paths(self, inputs: str | Path, output_dir: str | Path, **options) -> list[Path]:
         """Predict an image file, a DICOM folder or a folder of images (see ``predict_files``)."""

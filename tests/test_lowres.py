@@ -78,3 +78,29 @@ def test_low_resolution_prediction_lands_on_the_right_voxels(lowres_run, tmp_pat
     affine = nib.load(str(path)).affine[:3, :3]
     offset_mm = affine @ (np.argwhere(found).mean(0) - np.argwhere(truth).mean(0))
     assert np.linalg.norm(offset_mm) < 1.0  # centred: no half-voxel shift from the resize
+
+
+def test_cascade_refines_inside_the_low_resolution_region(lowres_run, tiny_run, tmp_path):
+    """lowres finds the box; the patch model predicts again only on a crop around it."""
+    path, image = _blob_scan(tmp_path)
+    predictor = Predictor(lowres_run, device="cpu", overrides=[f"lowres.refine_run={tiny_run}",
+                                                               "lowres.refine_margin_mm=3"])
+    predictor.segmenter.network = _Threshold()
+    seen = []
+    refine = predictor.refiner.segmenter.predict_volume
+    predictor.refiner.segmenter.predict_volume = lambda x: seen.append(tuple(x.shape)) or refine(x)
+    result = predictor.predict_file(path, keep_probabilities=True)
+    assert result.labels.shape == image.shape
+    assert len(seen) == 1 and np.prod(seen[0]) < np.prod(image.shape)
+    found = np.argwhere(result.labels > 0)
+    truth = np.argwhere(image == 900)
+    spacing = np.linalg.norm(result.affine[:3, :3], axis=0)
+    reach = np.ceil(3.0 / spacing) + 2  # margin in voxels, plus the low-resolution edge
+    if len(found):
+        assert (found.min(0) >= truth.min(0) - reach).all() and (found.max(0) <= truth.max(0) + reach).all()
+    np.testing.assert_allclose(result.probabilities.astype(np.float32).sum(0), 1.0, atol=5e-3)
+
+
+def test_cascade_needs_a_patch_run_with_the_same_classes(lowres_run):
+    with pytest.raises(MedsegError, match="refine_run must be a patch run"):
+        Predictor(lowres_run, device="cpu", overrides=[f"lowres.refine_run={lowres_run}"])

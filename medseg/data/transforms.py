@@ -30,7 +30,7 @@ from monai.transforms import (
 from medseg.config import AugmentConfig, DataConfig
 from medseg.checks import label_problems
 from medseg.errors import MedsegError
-from medseg.io import read_volume
+from medseg.io import Volume, read_volume
 
 CT_BODY_THRESHOLD_HU = -500.0
 
@@ -50,13 +50,14 @@ class LoadVolumed(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             path = d[key]
-            volume = read_volume(path)
+            volume = path if isinstance(path, Volume) else read_volume(path)  # a file, or one in memory
             if key == "label" and (problems := label_problems(path, volume.array, self.num_classes)):
                 raise MedsegError(problems[0])
             dtype = np.uint8 if key == "label" else np.float32
             array = torch.from_numpy(volume.array.astype(dtype, copy=False)[None])
             affine = torch.as_tensor(volume.affine)
-            meta = {"filename_or_obj": str(path), "original_affine": affine.clone(), "spatial_shape": volume.array.shape}
+            name = "<in memory>" if isinstance(path, Volume) else str(path)
+            meta = {"filename_or_obj": name, "original_affine": affine.clone(), "spatial_shape": volume.array.shape}
             d[key] = MetaTensor(array, affine=affine, meta=meta)
         return d
 
