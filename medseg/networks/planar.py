@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import torch
-from monai.networks.nets import UNet
 from torch import nn
 from torchvision.models.segmentation import fcn_resnet50
 
 from medseg.config import ModelConfig
-from medseg.networks.volumetric import check_levels, require_divisible
+from medseg.networks.volumetric import monai_unet
 from medseg.registry import Registry
 
 NETWORKS_2D: Registry[Callable[..., nn.Module]] = Registry("2D network")
@@ -33,18 +31,7 @@ class FCN(nn.Module):
 
 @NETWORKS_2D.register("unet2d")
 def _unet2d(model: ModelConfig, in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
-    check_levels(model)
-    require_divisible(patch_size, math.prod(model.strides), "unet2d", key="slice2d.patch_size")
-    return UNet(
-        spatial_dims=2,
-        in_channels=in_channels,
-        out_channels=out_channels,
-        channels=model.channels,
-        strides=model.strides,
-        num_res_units=model.num_res_units,
-        norm=model.norm,
-        dropout=model.dropout,
-    )
+    return monai_unet(model, 2, in_channels, out_channels, patch_size, "unet2d", key="slice2d.patch_size")
 
 
 @NETWORKS_2D.register("fcn")

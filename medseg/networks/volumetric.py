@@ -32,12 +32,13 @@ def check_levels(model: ModelConfig) -> None:
         )
 
 
-@NETWORKS_3D.register("unet")
-def _unet(model: ModelConfig, in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
+def monai_unet(model: ModelConfig, spatial_dims: int, in_channels: int, out_channels: int,
+               patch_size: Sequence[int], name: str, key: str = "data.patch_size") -> nn.Module:
+    """MONAI's UNet from the model section, for 2D and 3D alike."""
     check_levels(model)
-    require_divisible(patch_size, math.prod(model.strides), "unet")
+    require_divisible(patch_size, math.prod(model.strides), name, key=key)
     return UNet(
-        spatial_dims=3,
+        spatial_dims=spatial_dims,
         in_channels=in_channels,
         out_channels=out_channels,
         channels=model.channels,
@@ -46,6 +47,11 @@ def _unet(model: ModelConfig, in_channels: int, out_channels: int, patch_size: S
         norm=model.norm,
         dropout=model.dropout,
     )
+
+
+@NETWORKS_3D.register("unet")
+def _unet(model: ModelConfig, in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
+    return monai_unet(model, 3, in_channels, out_channels, patch_size, "unet")
 
 
 @NETWORKS_3D.register("dynunet")
