@@ -30,6 +30,10 @@ def test_vnet_refuses_grids_it_cannot_take():
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, class_names=["bg", "a"]))
     with pytest.raises(MedsegError, match=r"lowres.grid_size.*divisible by 16"):
         build_segmenter(config)
+    unet = dataclasses.replace(config, model=dataclasses.replace(config.model, network="unet"),
+                               lowres=dataclasses.replace(config.lowres, grid_size=[128, 128, 62]))
+    with pytest.raises(MedsegError, match=r"lowres.grid_size.*divisible by 4"):
+        build_segmenter(unet)
 
 
 def _blob_scan(tmp_path, shape=(61, 47, 23), spacing=(0.7, 1.1, 3.3)):

@@ -50,14 +50,16 @@ def monai_unet(model: ModelConfig, spatial_dims: int, in_channels: int, out_chan
 
 
 @NETWORKS_3D.register("unet")
-def _unet(model: ModelConfig, in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
-    return monai_unet(model, 3, in_channels, out_channels, patch_size, "unet")
+def _unet(model: ModelConfig, in_channels: int, out_channels: int, patch_size: Sequence[int],
+          size_key: str = "data.patch_size") -> nn.Module:
+    return monai_unet(model, 3, in_channels, out_channels, patch_size, "unet", key=size_key)
 
 
 @NETWORKS_3D.register("dynunet")
-def _dynunet(model: ModelConfig, in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
+def _dynunet(model: ModelConfig, in_channels: int, out_channels: int, patch_size: Sequence[int],
+             size_key: str = "data.patch_size") -> nn.Module:
     check_levels(model)
-    require_divisible(patch_size, math.prod(model.strides), "dynunet")
+    require_divisible(patch_size, math.prod(model.strides), "dynunet", key=size_key)
     return DynUNet(
         spatial_dims=3,
         in_channels=in_channels,
@@ -73,13 +75,16 @@ def _dynunet(model: ModelConfig, in_channels: int, out_channels: int, patch_size
 
 
 @NETWORKS_3D.register("vnet")
-def _vnet(model: ModelConfig, in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
+def _vnet(model: ModelConfig, in_channels: int, out_channels: int, patch_size: Sequence[int],
+          size_key: str = "data.patch_size") -> nn.Module:
     """MONAI's V-Net (Milletari et al. 2016); four stride-2 stages, so sides divisible by 16."""
-    require_divisible(patch_size, 16, "vnet", key="lowres.grid_size")
+    require_divisible(patch_size, 16, "vnet", key=size_key)
     p = model.dropout
     return VNet(spatial_dims=3, in_channels=in_channels, out_channels=out_channels, dropout_prob_down=p,
                 dropout_prob_up=(p, p))
 
 
-def build_network_3d(model: ModelConfig, in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
-    return NETWORKS_3D.get(model.network)(model, in_channels, out_channels, patch_size)
+def build_network_3d(model: ModelConfig, in_channels: int, out_channels: int, patch_size: Sequence[int],
+                     size_key: str = "data.patch_size") -> nn.Module:
+    """``size_key`` names the config key of ``patch_size`` in errors about sizes the network cannot take."""
+    return NETWORKS_3D.get(model.network)(model, in_channels, out_channels, patch_size, size_key=size_key)

@@ -29,7 +29,7 @@ class LowresSegmenter(Segmenter):
         self.grid_size = list(config.lowres.grid_size)
         if len(self.grid_size) != 3 or min(self.grid_size) < 1:
             raise MedsegError(f"config key 'lowres.grid_size': expected three positive sizes, got {self.grid_size}")
-        self.network = build_network_3d(config.model, 1, self.num_classes, self.grid_size)
+        self.network = build_network_3d(config.model, 1, self.num_classes, self.grid_size, size_key="lowres.grid_size")
         self.loss = build_loss(config.train.loss)
 
     def grid_transforms(self, with_label: bool) -> list[Transform]:
