@@ -58,7 +58,12 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Which strategy and network; network fields are read by the builders in ``medseg.networks``."""
+    """Which strategy and network; network fields are read by the builders in ``medseg.networks``.
+
+    ``channels``/``strides``/``num_res_units`` shape the U-Nets; ``size`` (tiny, small, base) picks the
+    transformer presets of ``unetr`` and ``swin_unetr``; ``use_v2`` selects Swin UNETR v2 and
+    ``gradient_checkpointing`` trades compute for memory in Swin UNETR.
+    """
 
     strategy: str = "patch"
     network: str = "unet"
@@ -67,6 +72,9 @@ class ModelConfig:
     num_res_units: int = 2
     norm: str = "instance"
     dropout: float = 0.0
+    size: str = "small"
+    use_v2: bool = False
+    gradient_checkpointing: bool = False
 
 
 @dataclass

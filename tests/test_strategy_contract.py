@@ -18,6 +18,8 @@ VARIANTS = [
     ("slice2d", ["model.network=unet2d"]),
     ("slice2d", ["model.network=unet2d", "slice2d.shared_model=true", "slice2d.context_slices=1"]),
     ("slice2d", ["model.network=fcn", "slice2d.axes=[2]", "slice2d.fusion=single"]),
+    ("patch", ["model.network=unetr", "model.size=tiny"]),
+    ("patch", ["model.network=swin_unetr", "model.size=tiny", "model.use_v2=true", "data.patch_size=[64,64,64]"]),
     ("lowres", ["model.network=vnet", "lowres.grid_size=[32,32,32]"]),
     ("lowres", ["model.network=unet", "lowres.grid_size=[32,32,16]"]),
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-from monai.networks.nets import DynUNet, UNet, VNet
+from monai.networks.nets import UNETR, DynUNet, SwinUNETR, UNet, VNet
 from torch import nn
 
 from medseg.config import ModelConfig
@@ -82,6 +82,44 @@ def _vnet(model: ModelConfig, in_channels: int, out_channels: int, patch_size: S
     p = model.dropout
     return VNet(spatial_dims=3, in_channels=in_channels, out_channels=out_channels, dropout_prob_down=p,
                 dropout_prob_up=(p, p))
+
+
+# (feature_size, hidden_size, mlp_dim, num_heads); "base" is the UNETR paper's configuration.
+UNETR_SIZES = {"tiny": (8, 192, 768, 3), "small": (16, 384, 1536, 6), "base": (16, 768, 3072, 12)}
+# Swin UNETR feature sizes; 48 is the paper's.
+SWIN_SIZES = {"tiny": 12, "small": 24, "base": 48}
+
+
+def _preset(model: ModelConfig, sizes: dict, network: str):
+    if model.size not in sizes:
+        raise MedsegError(f"config key 'model.size': '{model.size}' is not a {network} size; valid: {', '.join(sizes)}")
+    return sizes[model.size]
+
+
+@NETWORKS_3D.register("unetr")
+def _unetr(model: ModelConfig, in_channels: int, out_channels: int, patch_size: Sequence[int],
+           size_key: str = "data.patch_size") -> nn.Module:
+    """UNETR (Hatamizadeh et al. 2022): a ViT over 16^3 tokens, so sides divisible by 16."""
+    require_divisible(patch_size, 16, "unetr", key=size_key)
+    feature, hidden, mlp, heads = _preset(model, UNETR_SIZES, "unetr")
+    network = UNETR(in_channels=in_channels, out_channels=out_channels, img_size=tuple(patch_size), feature_size=feature,
+                    hidden_size=hidden, mlp_dim=mlp, num_heads=heads, norm_name=model.norm, dropout_rate=model.dropout)
+    # MONAI builds a cross-attention norm in every block even without cross-attention; frozen, it is not
+    # tracked by optimisers or DDP as a parameter that never receives a gradient.
+    for name, parameter in network.named_parameters():
+        if "norm_cross_attn" in name:
+            parameter.requires_grad_(False)
+    return network
+
+
+@NETWORKS_3D.register("swin_unetr")
+def _swin_unetr(model: ModelConfig, in_channels: int, out_channels: int, patch_size: Sequence[int],
+                size_key: str = "data.patch_size") -> nn.Module:
+    """Swin UNETR (Tang et al. 2022): five stride-2 stages, so sides divisible by 32."""
+    require_divisible(patch_size, 32, "swin_unetr", key=size_key)
+    return SwinUNETR(in_channels=in_channels, out_channels=out_channels, feature_size=_preset(model, SWIN_SIZES, "swin_unetr"),
+                     norm_name=model.norm, drop_rate=model.dropout, use_checkpoint=model.gradient_checkpointing,
+                     use_v2=model.use_v2)
 
 
 def build_network_3d(model: ModelConfig, in_channels: int, out_channels: int, patch_size: Sequence[int],
