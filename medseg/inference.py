@@ -92,10 +92,14 @@ class Predictor:
         header = nib.load(str(path)).header if path.name.lower().endswith((".nii", ".nii.gz")) else None
         return CasePrediction(labels, affine, header, probabilities)
 
-    def predict_volume(self, source: Path | Volume, keep_probabilities: bool = False):
+    def predict_volume(
+        self, source: Path | Volume, keep_probabilities: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         """Labels (and optionally probabilities) on the grid of ``source``, a file or an in-memory Volume,
         with that grid's affine. With a cascade (``lowres.refine_run``) the refining model predicts again
         inside the region found here."""
+        if self.refiner is not None and not isinstance(source, Volume):
+            source = read_volume(source)  # read once: the cascade crops the same voxels again
         image = self.preprocess({"image": source})["image"]
         grid_affine = image.affine.numpy()
         original_affine = image.meta["original_affine"].numpy()
@@ -119,10 +123,9 @@ class Predictor:
         low = np.maximum(found.min(0) - margin, 0)
         high = np.minimum(found.max(0) + margin + 1, labels.shape)
         box = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
-        volume = source if isinstance(source, Volume) else read_volume(source)
         crop_affine = affine.copy()
         crop_affine[:3, 3] = affine[:3, :3] @ low + affine[:3, 3]
-        crop = Volume(np.ascontiguousarray(volume.array[box]), crop_affine)
+        crop = Volume(np.ascontiguousarray(source.array[box]), crop_affine)
         inner_labels, inner_probabilities, _ = self.refiner.predict_volume(crop, keep_probabilities)
         refined = np.zeros_like(labels)
         refined[box] = inner_labels

@@ -110,7 +110,7 @@ def test_infer_bad_input_fails_cleanly(tiny_run, tmp_path, capsys, kind):
     out = tmp_path / "pred"
     assert main(["infer", "--model", str(tiny_run), "-i", str(bad), "-o", str(out), "--no-progress"]) == 2
     _one_line_error(capsys, bad.name)
-    assert not list(out.glob("*.nii.gz")) if out.exists() else True
+    assert not out.exists() or not list(out.glob("*.nii.gz"))
 
 
 def test_infer_empty_folder_and_missing_run(tiny_run, tmp_path, capsys):
