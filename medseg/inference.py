@@ -56,7 +56,9 @@ class Predictor:
         if not run_dir.is_dir():
             raise MedsegError(f"{run_dir}: run folder not found")
         path = run_dir / checkpoint
-        if not path.exists() and checkpoint == "best.pt" and (run_dir / "last.pt").exists():
+        if not path.exists() and checkpoint == "best.pt":
+            if not (run_dir / "last.pt").exists():
+                raise MedsegError(f"{run_dir}: not a run folder (no best.pt or last.pt); give the folder 'medseg train' wrote")
             path = run_dir / "last.pt"  # stopped before its first validation
         for item in overrides or []:
             if not item.startswith(self.INFERENCE_KEYS):

@@ -65,6 +65,8 @@ def test_probabilities_are_saved_on_the_input_grid_and_sum_to_one(tiny_run, tmp_
 def test_missing_or_foreign_checkpoint(tmp_path):
     with pytest.raises(MedsegError, match="run folder not found"):
         Predictor(tmp_path / "nope")
+    with pytest.raises(MedsegError, match="not a run folder"):
+        Predictor(tmp_path)
     (tmp_path / "best.pt").write_bytes(b"garbage")
     with pytest.raises(MedsegError, match="best.pt: cannot load checkpoint"):
         Predictor(tmp_path)
