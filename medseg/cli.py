@@ -3,17 +3,34 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
 from medseg import __version__
 from medseg.errors import MedsegError
 
+OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")  # a dotted config key, then '='
+
 
 def _train(args: argparse.Namespace) -> int:
     from medseg.training import train
 
     train(args.config, data_dir=args.data, output=args.output, resume=args.resume, overrides=args.overrides)
+    return 0
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from medseg.pretraining import pretrain
+
+    pretrain(args.config, data_dirs=args.data, output=args.output, resume=args.resume, overrides=args.overrides)
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from medseg.compare import run_compare
+
+    run_compare(args.config, data_dir=args.data, output=args.output, overrides=args.overrides)
     return 0
 
 
@@ -80,6 +97,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_train, overrides=[])
 
     p = sub.add_parser(
+        "pretrain", help="self-supervised pretraining of the Swin UNETR encoder on unlabelled images",
+        usage="medseg pretrain CONFIG.yaml --data DIR [DIR ...] [--output DIR] [--resume] [KEY=VALUE ...]",
+        epilog="KEY=VALUE: e.g. pretrain.inpainting_weight=2 train.max_minutes=60; fine-tune with "
+               "'medseg train ... model.pretrained=RUN_DIR'",
+    )
+    p.add_argument("config", help="pipeline YAML, e.g. pipelines/hippocampus_pretrain.yaml")
+    p.add_argument("--data", nargs="+", help="dataset folders (any layout; labels ignored) or plain folders of images")
+    p.add_argument("--output", help="run folder to create (default runs/<name>-<time>), or to continue with --resume")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    p.set_defaults(func=_pretrain, overrides=[])
+
+    p = sub.add_parser(
+        "compare", help="train 2D models (FCN, U-Net, Mask R-CNN, panoptic) on the same slices and compare them",
+        usage="medseg compare CONFIG.yaml [--data DIR] [--output DIR] [KEY=VALUE ...]",
+        epilog="KEY=VALUE: override any config key, e.g. compare.max_minutes=5 compare.models=[fcn,unet2d]",
+    )
+    p.add_argument("config", help="pipeline YAML, e.g. pipelines/compare2d_openkbp.yaml")
+    p.add_argument("--data", help="dataset folder (MSD, nnU-Net v2, or imagesTr/ + labelsTr/); overrides data.root")
+    p.add_argument("--output", help="folder to create for the results (default runs/<name>-<time>)")
+    p.set_defaults(func=_compare, overrides=[])
+
+    p = sub.add_parser(
         "infer", help="segment images with a trained run folder",
         epilog="KEY=VALUE: inference settings, e.g. infer.overlap=0.75 infer.mirror_axes=[0,1,2] slice2d.fusion=majority",
     )
@@ -123,11 +162,12 @@ def _user_error(exc: BaseException) -> MedsegError | None:
 def main(argv: list[str] | None = None) -> int:
     sys.stdout.reconfigure(line_buffering=True)  # progress lines reach cluster logs as they happen
     parser = build_parser()
-    # KEY=VALUE overrides may come before or after options: collect the ones argparse left over.
-    args, extra = parser.parse_known_args(argv)
-    overrides = [e for e in extra if "=" in e and not e.startswith("-")]
-    if extra != overrides or (overrides and not hasattr(args, "overrides")):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    # KEY=VALUE overrides may come anywhere, also after a list of folders: take them out first.
+    argv = sys.argv[1:] if argv is None else list(argv)
+    overrides = [a for a in argv if OVERRIDE.match(a)]
+    args = parser.parse_args([a for a in argv if not OVERRIDE.match(a)])
+    if overrides and not hasattr(args, "overrides"):
+        parser.error(f"unrecognized arguments: {' '.join(overrides)}")
     if overrides:
         args.overrides = overrides
     try:

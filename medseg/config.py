@@ -47,6 +47,7 @@ class DataConfig:
     samples_per_volume: int = 2
     pos_fraction: float = 0.67
     val_fraction: float = 0.2
+    train_fraction: float = 1.0
     num_folds: int = 0
     fold: int = 0
     split_seed: int = 0
@@ -62,7 +63,9 @@ class ModelConfig:
 
     ``channels``/``strides``/``num_res_units`` shape the U-Nets; ``size`` (tiny, small, base) picks the
     transformer presets of ``unetr`` and ``swin_unetr``; ``use_v2`` selects Swin UNETR v2 and
-    ``gradient_checkpointing`` trades compute for memory in Swin UNETR.
+    ``gradient_checkpointing`` trades compute for memory in Swin UNETR. ``pretrained`` names a
+    ``medseg pretrain`` run folder or checkpoint, or the research code's ``model_swinvit.pt``, whose
+    encoder initialises Swin UNETR at the start of training.
     """
 
     strategy: str = "patch"
@@ -75,6 +78,7 @@ class ModelConfig:
     size: str = "small"
     use_v2: bool = False
     gradient_checkpointing: bool = False
+    pretrained: str | None = None
 
 
 @dataclass
@@ -132,6 +136,8 @@ class TrainConfig:
     grad_clip: float | None = 12.0
     amp: bool = True
     val_every: int = 1
+    freeze_encoder_epochs: int = 0
+    encoder_lr_scale: float = 1.0
     seed: int = 0
     progress: bool = True
     final_validation: bool = True
@@ -149,6 +155,59 @@ class InferConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """Self-supervised pretraining of the Swin UNETR encoder (``medseg pretrain``; Tang et al. 2022).
+
+    Three proxy tasks on random sub-volumes of ``data.patch_size``: rotation prediction (0/90/180/270
+    degrees in the axial plane, cross-entropy), contrastive coding of two augmented views (NT-Xent at
+    ``temperature``) and masked-volume inpainting (L1 on the dropped cubes: ``mask_fraction`` of the
+    cubes of side ``mask_block`` voxels are replaced by noise). The total loss weighs them.
+    """
+
+    rotation_weight: float = 1.0
+    contrastive_weight: float = 1.0
+    inpainting_weight: float = 1.0
+    temperature: float = 0.5
+    embedding_dim: int = 512
+    mask_fraction: float = 0.3
+    mask_block: int = 16
+
+
+@dataclass
+class Compare2DConfig:
+    """``medseg compare``: 2D models trained on the same axial slices with the same budget, then scored
+    on the same validation slices.
+
+    ``groups`` merges dataset classes: each entry is the new class name, then the classes it merges
+    (``[Parotid, RightParotid, LeftParotid]``); each source class keeps its own instances.
+    ``stuff_classes`` (names after grouping) are regions that semantic heads segment; every other
+    foreground class is a "thing" whose instances (connected components) Mask R-CNN detects.
+    The panoptic merge (Panoptic FPN) pastes instances with score >= ``score_threshold`` by score,
+    drops one when more than ``overlap_threshold`` of its mask is already taken, and drops stuff
+    regions under ``stuff_area_limit`` pixels; instance masks are binarised at ``mask_threshold``.
+    ``anchor_sizes`` (pixels, one per FPN level) suit objects at the slice's own resolution.
+    Each model trains for ``max_minutes`` and/or ``max_steps``, whichever ends first;
+    ``val_slices_per_case`` evenly spaced axial slices of each validation case are scored.
+    """
+
+    models: list[str] = field(default_factory=lambda: ["fcn", "unet2d", "maskrcnn", "panoptic"])
+    groups: list[list[str]] = field(default_factory=list)
+    stuff_classes: list[str] = field(default_factory=list)
+    slice_size: list[int] = field(default_factory=lambda: [128, 128])
+    batch_size: int = 8
+    max_minutes: float | None = 5.0
+    max_steps: int | None = None
+    val_slices_per_case: int = 10
+    examples: int = 4
+    score_threshold: float = 0.5
+    overlap_threshold: float = 0.5
+    stuff_area_limit: int = 8
+    mask_threshold: float = 0.5
+    anchor_sizes: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128])
+    maskrcnn_v2: bool = False
+
+
+@dataclass
 class Config:
     """The whole run: ``name`` labels the run folder; the sections hold everything else."""
 
@@ -159,6 +218,8 @@ class Config:
     infer: InferConfig = field(default_factory=InferConfig)
     slice2d: Slice2DConfig = field(default_factory=Slice2DConfig)
     lowres: LowresConfig = field(default_factory=LowresConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    compare: Compare2DConfig = field(default_factory=Compare2DConfig)
 
 
 def _type_name(tp: Any) -> str:

@@ -30,6 +30,7 @@ from medseg.engine.hooks import LogFileHook, TensorBoardHook
 from medseg.engine.trainer import Trainer, distributed_device, is_main_process
 from medseg.errors import MedsegError
 from medseg.io import atomic_output
+from medseg.ssl.transfer import load_pretrained_encoder
 from medseg.strategies import Segmenter, build_segmenter
 
 
@@ -37,14 +38,15 @@ def _items(cases: list[Case]) -> list[dict]:
     return [{"image": str(c.image), "label": str(c.label), "case_id": c.case_id} for c in cases]
 
 
-def _loaders(config: Config, segmenter: Segmenter, train_cases: list[Case], val_cases: list[Case]):
+def make_loaders(config: Config, train_items: list[dict], val_items: list[dict], train_transforms: list,
+                 val_transforms: list, val_batch_size: int = 1) -> tuple[DataLoader, DataLoader]:
+    """Cached datasets (everything before the first random transform is computed once) and loaders
+    whose sampling the Trainer re-seeds every epoch."""
     data, train = config.data, config.train
-    deterministic = preprocessing(data) + segmenter.grid_transforms(with_label=True)
     cache_rate = 1.0 if data.cache else 0.0
     progress = train.progress and is_main_process() and sys.stderr.isatty()
-    train_ds = CacheDataset(_items(train_cases), Compose(deterministic + segmenter.train_sampling()),
-                            cache_rate=cache_rate, progress=progress)
-    val_ds = CacheDataset(_items(val_cases), Compose(deterministic), cache_rate=cache_rate, progress=progress)
+    train_ds = CacheDataset(train_items, Compose(train_transforms), cache_rate=cache_rate, progress=progress)
+    val_ds = CacheDataset(val_items, Compose(val_transforms), cache_rate=cache_rate, progress=progress)
     generator = torch.Generator()  # re-seeded every epoch by the Trainer (per rank under DDP)
     if train.iterations_per_epoch:
         sampler = RandomSampler(train_ds, replacement=True, num_samples=train.iterations_per_epoch * train.batch_size,
@@ -55,8 +57,13 @@ def _loaders(config: Config, segmenter: Segmenter, train_cases: list[Case], val_
         sampler = RandomSampler(train_ds, generator=generator)
     train_loader = DataLoader(train_ds, batch_size=train.batch_size, sampler=sampler, num_workers=data.num_workers,
                               drop_last=len(train_ds) >= train.batch_size)
-    val_loader = DataLoader(val_ds, batch_size=1, num_workers=0)
-    return train_loader, val_loader
+    return train_loader, DataLoader(val_ds, batch_size=val_batch_size, num_workers=0)
+
+
+def _loaders(config: Config, segmenter: Segmenter, train_cases: list[Case], val_cases: list[Case]):
+    deterministic = preprocessing(config.data) + segmenter.grid_transforms(with_label=True)
+    return make_loaders(config, _items(train_cases), _items(val_cases), deterministic + segmenter.train_sampling(),
+                        deterministic)
 
 
 def _check_headers(cases: list[Case], num_classes: int | None) -> None:
@@ -66,14 +73,14 @@ def _check_headers(cases: list[Case], num_classes: int | None) -> None:
         raise MedsegError(problems[0] + more)
 
 
-def _new_run_dir(output: str | Path | None, name: str) -> Path:
+def new_run_dir(output: str | Path | None, name: str) -> Path:
     run_dir = Path(output) if output else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         raise MedsegError(f"{run_dir}: run folder exists and is not empty; use --resume to continue it or another --output")
     return run_dir
 
 
-def _write_json(path: Path, value) -> None:
+def write_json(path: Path, value) -> None:
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps(value, indent=2))
 
@@ -90,10 +97,12 @@ def _prepare_new(config_path, data_dir, output, overrides) -> tuple[Config, dict
     cases = dataset.cases[: config.data.max_cases] if config.data.max_cases else dataset.cases
     _check_headers(cases, len(dataset.class_names) if dataset.class_names else None)
     d = config.data
-    split = make_split([c.case_id for c in cases], d.val_fraction, d.num_folds, d.fold, d.split_seed)
+    split = make_split([c.case_id for c in cases], d.val_fraction, d.num_folds, d.fold, d.split_seed, d.train_fraction)
     by_id = {c.case_id: c for c in cases}
     config = plan(config, dataset, [by_id[i] for i in split["train"]])
-    return config, split, _new_run_dir(output, config.name), by_id
+    if config.model.pretrained:  # absolute, like data.root
+        config.model.pretrained = str(Path(config.model.pretrained).resolve())
+    return config, split, new_run_dir(output, config.name), by_id
 
 
 def _prepare_resume(output, overrides) -> tuple[Config, dict, Path, dict[str, Case]]:
@@ -131,6 +140,8 @@ def train(
         raise MedsegError(f"{config.data.root}: split names cases that are not in the dataset: {', '.join(missing[:5])}")
     torch.manual_seed(config.train.seed)
     segmenter = build_segmenter(config)
+    if config.model.pretrained and not resume:  # a resumed run has the weights in its checkpoint
+        log(str(load_pretrained_encoder(segmenter.network, config.model.pretrained)))
     train_cases = [by_id[i] for i in split["train"]]
     val_cases = [by_id[i] for i in split["validation"]]
     log(f"{len(train_cases)} training and {len(val_cases)} validation cases; caching preprocessed volumes")
@@ -140,7 +151,7 @@ def train(
     if is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
-        _write_json(run_dir / "split.json", split)
+        write_json(run_dir / "split.json", split)
     log(f"run folder: {run_dir}")
     hooks = [LogFileHook(run_dir / "train_log.jsonl"), TensorBoardHook(run_dir / "tensorboard")] if is_main_process() else []
     trainer = Trainer(segmenter, config, run_dir, train_loader, val_loader, device, hooks)

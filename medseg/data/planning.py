@@ -7,6 +7,7 @@ run's config, so inference preprocesses new scans exactly as training did.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 
@@ -18,17 +19,18 @@ from medseg.io import read_header, read_volume
 _MODALITIES = ("ct", "mri")
 
 
-def _modality(config: Config, dataset: Dataset) -> str:
+def _modality(config: Config, declared: str | None) -> str:
+    """``data.modality``, or with ``auto`` the dataset's declared channel name (CT, else MRI)."""
     wanted = config.data.modality.lower()
     if wanted == "auto":
-        return "ct" if (dataset.modality or "").strip().upper() == "CT" else "mri"
+        return "ct" if (declared or "").strip().upper() == "CT" else "mri"
     if wanted not in _MODALITIES:
         raise MedsegError(f"config key 'data.modality': expected auto, ct or mri, got '{config.data.modality}'")
     return wanted
 
 
-def _median_spacing(cases: list[Case]) -> list[float]:
-    spacings = [np.linalg.norm(read_header(c.image)[1][:3, :3], axis=0) for c in cases]
+def _median_spacing(images: list[Path]) -> list[float]:
+    spacings = [np.linalg.norm(read_header(image)[1][:3, :3], axis=0) for image in images]
     return [round(float(s), 4) for s in np.median(np.stack(spacings), axis=0)]
 
 
@@ -65,12 +67,26 @@ def plan(config: Config, dataset: Dataset, train_cases: list[Case]) -> Config:
         names = ["background"] + [f"class_{k}" for k in range(1, max(values) + 1)]
     if len(names) < 2:
         raise MedsegError(f"{dataset.root}: need at least one foreground class, got {names}")
-    modality = _modality(config, dataset)
-    spacing = data.spacing or _median_spacing(train_cases)
+    modality = _modality(config, dataset.modality)
+    spacing = data.spacing or _median_spacing([c.image for c in train_cases])
     window = data.intensity_window
     if modality == "ct" and window is None:
         window = _ct_window(train_cases, seed=data.split_seed)
     resolved = dataclasses.replace(
         data, class_names=list(names), modality=modality, spacing=spacing, intensity_window=window
+    )
+    return dataclasses.replace(config, data=resolved)
+
+
+UNLABELLED_CT_WINDOW = [-1000.0, 1000.0]  # Tang et al.'s pretraining window; no labels to plan from
+
+
+def plan_unlabelled(config: Config, images: list[Path], declared_modality: str | None) -> Config:
+    """Planning for pretraining: modality, median spacing and (CT) intensity window without labels."""
+    data = config.data
+    modality = _modality(config, declared_modality)
+    window = data.intensity_window or (UNLABELLED_CT_WINDOW if modality == "ct" else None)
+    resolved = dataclasses.replace(
+        data, modality=modality, spacing=data.spacing or _median_spacing(images), intensity_window=window
     )
     return dataclasses.replace(config, data=resolved)

@@ -8,10 +8,15 @@ from medseg.errors import MedsegError
 
 
 def make_split(
-    case_ids: list[str], val_fraction: float = 0.2, num_folds: int = 0, fold: int = 0, seed: int = 0
+    case_ids: list[str], val_fraction: float = 0.2, num_folds: int = 0, fold: int = 0, seed: int = 0,
+    train_fraction: float = 1.0,
 ) -> dict[str, list[str]]:
     """Shuffle ids with ``seed``; with ``num_folds`` >= 2 fold ``fold`` is validation, else the last
-    ``val_fraction`` of the shuffled ids. The same arguments always give the same split."""
+    ``val_fraction`` of the shuffled ids. The same arguments always give the same split.
+
+    ``train_fraction`` < 1 keeps that share of the training cases (at least one) for label-efficiency
+    experiments; the validation cases do not change, and smaller fractions are subsets of larger ones.
+    """
     ids = sorted(case_ids)
     if len(ids) < 2:
         raise MedsegError(f"need at least 2 cases to split into training and validation, got {len(ids)}")
@@ -27,5 +32,9 @@ def make_split(
             raise MedsegError(f"config key 'data.val_fraction': must be between 0 and 1, got {val_fraction}")
         n_val = max(1, round(len(ids) * val_fraction))
         validation = order[len(ids) - n_val :]
+    if not 0.0 < train_fraction <= 1.0:
+        raise MedsegError(f"config key 'data.train_fraction': must be in (0, 1], got {train_fraction}")
     held = set(validation)
-    return {"train": sorted(i for i in ids if i not in held), "validation": sorted(validation)}
+    train = [i for i in order if i not in held]
+    train = train[: max(1, round(len(train) * train_fraction))]
+    return {"train": sorted(train), "validation": sorted(validation)}

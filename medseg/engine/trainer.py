@@ -99,7 +99,8 @@ class Trainer:
             self.segmenter.network = DistributedDataParallel(
                 self.segmenter.network, device_ids=ids, find_unused_parameters=segmenter.ddp_find_unused_parameters
             )
-        self.optimizer = build_optimizer(config, [p for p in segmenter.parameters() if p.requires_grad])
+        self.encoder = self._encoder_parameters(segmenter, config)
+        self.optimizer = build_optimizer(config, self._parameter_groups(segmenter))
         self.use_amp = config.train.amp and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.epoch = 0
@@ -108,6 +109,34 @@ class Trainer:
         self.best_metric = -1.0
         self.best_epoch = -1
         self.preview: dict[str, torch.Tensor] | None = None
+
+    @staticmethod
+    def _encoder_parameters(segmenter: Segmenter, config: Config) -> list[torch.nn.Parameter]:
+        train = config.train
+        if not (train.freeze_encoder_epochs or train.encoder_lr_scale != 1.0):
+            return []
+        encoder = segmenter.encoder_parameters()
+        if not encoder:
+            raise MedsegError(
+                "config keys 'train.freeze_encoder_epochs'/'train.encoder_lr_scale' need a network with a "
+                f"pretrainable encoder (swin_unetr); network '{config.model.network}' has none"
+            )
+        return encoder
+
+    def _parameter_groups(self, segmenter: Segmenter) -> list[dict]:
+        """One group, or the encoder in its own group at ``train.encoder_lr_scale`` times the learning rate.
+        Parameters frozen at construction (e.g. unused norms) stay out of the optimizer."""
+        encoder_ids = {id(p) for p in self.encoder}
+        rest = [p for p in segmenter.parameters() if p.requires_grad and id(p) not in encoder_ids]
+        if not self.encoder:
+            return [{"params": rest}]
+        return [{"params": rest}, {"params": self.encoder, "lr_scale": self.config.train.encoder_lr_scale}]
+
+    def _set_encoder_frozen(self) -> None:
+        """The encoder learns from epoch ``train.freeze_encoder_epochs`` on (the heads adapt first)."""
+        frozen = self.epoch < self.config.train.freeze_encoder_epochs
+        for parameter in self.encoder:
+            parameter.requires_grad_(not frozen)
 
     # -- checkpoints -------------------------------------------------------------------------------
     def _model_state(self) -> dict:
@@ -142,7 +171,9 @@ class Trainer:
 
     # -- loop --------------------------------------------------------------------------------------
     def _to_device(self, batch: dict) -> dict:
-        return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        """Plain tensors on the device: MetaTensor's per-operation bookkeeping slows every network op."""
+        return {k: v.as_subclass(torch.Tensor).to(self.device, non_blocking=True) if torch.is_tensor(v) else v
+                for k, v in batch.items()}
 
     def _set_epoch_randomness(self) -> None:
         rank = dist.get_rank() if dist.is_initialized() else 0
@@ -196,26 +227,36 @@ class Trainer:
 
     @torch.no_grad()
     def _validate(self) -> dict[str, float]:
+        """Per-class Dice (keys ``dice*``, [N, classes] per batch) averaged over cases; any other
+        figure the task returns (e.g. pretraining losses) averaged as ``val_<key>``."""
         self.segmenter.eval()
         scores: dict[str, list[torch.Tensor]] = {}
         bar = tqdm(self.val_loader, desc="validation", leave=False,
                    disable=self._bar_disabled)
         for i, batch in enumerate(bar):
-            out = self.segmenter.validation_step(self._to_device(batch))
+            batch = self._to_device(batch)
+            out = self.segmenter.validation_step(batch)
             for key, value in out.items():
-                if key.startswith("dice"):
-                    scores.setdefault(key, []).append(value)
-            if i == 0:  # shown by the hooks (TensorBoard overlay)
-                self.preview = {"image": batch["image"][0].cpu(), "label": batch["label"][0, 0].cpu(),
-                                "prediction": out["labels"][0].cpu()}
-        names = self.config.data.class_names[1:]
+                if key != "labels":
+                    scores.setdefault(key, []).append(value.detach().float().cpu().reshape(-1, *value.shape[1:]))
+            if i == 0:
+                self.preview = self.segmenter.preview_images(batch, out)
+        names = (self.config.data.class_names or [])[1:]
         logs = {}
-        for key, values in scores.items():  # "dice" (the prediction), e.g. "dice_axis2" (a part of it)
-            per_class = torch.nanmean(torch.cat(values), dim=0)
-            suffix = key[len("dice"):]
-            logs.update({f"val_dice{suffix}_{name}": float(d) for name, d in zip(names, per_class)})
-            logs[f"val_mean_dice{suffix}"] = float(torch.nanmean(per_class))
+        for key, values in scores.items():
+            if key.startswith("dice"):  # "dice" (the prediction), e.g. "dice_axis2" (a part of it)
+                per_class = torch.nanmean(torch.cat(values), dim=0)
+                suffix = key[len("dice"):]
+                logs.update({f"val_dice{suffix}_{name}": float(d) for name, d in zip(names, per_class)})
+                logs[f"val_mean_dice{suffix}"] = float(torch.nanmean(per_class))
+            else:
+                logs[f"val_{key}"] = float(torch.cat(values).mean())
         return logs
+
+    def _improves(self, value: float) -> bool:
+        if self.best_epoch < 0:
+            return True
+        return value > self.best_metric if self.segmenter.monitor_mode == "max" else value < self.best_metric
 
     def _budget_spent(self) -> bool:
         minutes = self.config.train.max_minutes
@@ -231,6 +272,7 @@ class Trainer:
         while self.epoch < train.max_epochs and not self._budget_spent():
             start = time.perf_counter()
             self._set_epoch_randomness()
+            self._set_encoder_frozen()
             lr = learning_rate(self.config, self.epoch, self.elapsed_s)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
@@ -243,16 +285,17 @@ class Trainer:
             self.elapsed_s += time.perf_counter() - start
             logs["elapsed_min"] = self.elapsed_s / 60.0
             self.epoch += 1
-            if validate and logs["val_mean_dice"] > self.best_metric:
-                self.best_metric, self.best_epoch = logs["val_mean_dice"], self.epoch - 1
+            if validate and self._improves(logs[self.segmenter.monitor]):
+                self.best_metric, self.best_epoch = logs[self.segmenter.monitor], self.epoch - 1
                 if is_main_process():
                     save_checkpoint(self.run_dir / "best.pt", self._state())
             if is_main_process():
                 save_checkpoint(self.run_dir / "last.pt", self._state())
                 for hook in self.hooks:
                     hook.after_epoch(self.epoch - 1, logs, self.segmenter, self.preview if validate else None)
-                dice = f" val mean Dice {logs['val_mean_dice']:.4f}" if validate else ""
-                log(f"epoch {self.epoch - 1}: loss {logs['train_loss']:.4f}{dice} lr {lr:.2e} "
+                monitor = self.segmenter.monitor
+                shown = f" {monitor.replace('_', ' ')} {logs[monitor]:.4f}" if validate else ""
+                log(f"epoch {self.epoch - 1}: loss {logs['train_loss']:.4f}{shown} lr {lr:.2e} "
                     f"({self.elapsed_s / 60:.1f} min)")
         for hook in self.hooks:
             hook.after_train()

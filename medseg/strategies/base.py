@@ -10,6 +10,7 @@ from monai.transforms import Transform
 from torch import nn
 
 from medseg.config import Config
+from medseg.engine.pictures import overlay
 from medseg.metrics import segmentation_metrics
 
 
@@ -32,15 +33,21 @@ class Segmenter(nn.Module):
 
     network: nn.Module
     ddp_find_unused_parameters = False  # True where a batch may not touch every parameter
+    monitor, monitor_mode = "val_mean_dice", "max"  # the validation figure that picks best.pt
 
     def __init__(self, config: Config) -> None:
         super().__init__()
         self.config = config
-        self.num_classes = len(config.data.class_names)
+        self.num_classes = len(config.data.class_names or [])
 
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """The pretrainable encoder's parameters (frozen or slowed by ``train.freeze_encoder_epochs`` and
+        ``train.encoder_lr_scale``); none unless the network has one."""
+        return []
 
     def grid_transforms(self, with_label: bool) -> list[Transform]:
         """Deterministic steps after the shared preprocessing that put a volume on the grid the network
@@ -69,3 +76,11 @@ class Segmenter(nn.Module):
             dices.append(torch.as_tensor(metrics["dice"], dtype=torch.float32))
             predictions.append(pred)
         return {"dice": torch.stack(dices), "labels": torch.stack(predictions)}
+
+    def preview_images(self, batch: dict, outputs: dict) -> dict[str, torch.Tensor]:
+        """RGB pictures [3, H, W] of the first validation case for TensorBoard: the middle axial slice
+        with the ground truth | the prediction."""
+        image, label, prediction = batch["image"][0, 0].cpu(), batch["label"][0, 0].cpu(), outputs["labels"][0].cpu()
+        z = label.shape[-1] // 2
+        pictures = [overlay(image[..., z], labels[..., z], self.num_classes) for labels in (label, prediction)]
+        return {"val/overlay_truth_vs_prediction": torch.cat(pictures, dim=2)}

@@ -29,6 +29,11 @@ class PatchSegmenter(Segmenter):
         self.network = build_network_3d(config.model, 1, self.num_classes, self.patch_size)
         self.loss = build_loss(config.train.loss)
 
+    def encoder_parameters(self) -> list[torch.nn.Parameter]:
+        network = getattr(self.network, "module", self.network)  # under DDP
+        encoder = getattr(network, "swinViT", None)
+        return list(encoder.parameters()) if encoder is not None else []
+
     def train_sampling(self) -> list[Transform]:
         data = self.config.data
         keys = ("image", "label")

@@ -1,0 +1,117 @@
+"""``medseg pretrain``: unlabelled volumes -> a Swin UNETR encoder, trained by the same Trainer.
+
+The run folder mirrors a training run (config.yaml, split.json, best.pt, last.pt, train_log.jsonl,
+tensorboard/); best.pt has the lowest validation loss. Fine-tune with ``model.pretrained=RUN_DIR``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+import yaml
+
+from medseg.checks import check_case
+from medseg.config import Config, config_from_dict, load_config, save_config
+from medseg.data.datasets import Case, discover_dataset, list_inputs
+from medseg.data.planning import plan_unlabelled
+from medseg.data.splits import make_split
+from medseg.data.transforms import preprocessing
+from medseg.engine.hooks import LogFileHook, TensorBoardHook
+from medseg.engine.trainer import Trainer, distributed_device, is_main_process
+from medseg.errors import MedsegError
+from medseg.ssl.task import SwinPretrainer
+from medseg.training import make_loaders, new_run_dir, write_json
+
+
+def find_unlabelled_images(folders: Sequence[str | Path]) -> tuple[list[Path], str | None]:
+    """Images of every folder: a dataset in any layout medseg reads (its labels ignored), or a plain
+    folder of images. Returns them with the modality the datasets declare (None if none or mixed)."""
+    images: list[Path] = []
+    declared: set[str | None] = set()
+    for folder in map(Path, folders):
+        if (folder / "dataset.json").is_file() or (folder / "imagesTr").is_dir():
+            dataset = discover_dataset(folder, require_labels=False)
+            images += [c.image for c in dataset.cases]
+            declared.add(dataset.modality)
+        else:
+            images += list_inputs(folder)
+            declared.add(None)
+    unique = sorted({image.resolve() for image in images})
+    if len(unique) < 2:
+        raise MedsegError(f"{', '.join(map(str, folders))}: pretraining needs at least 2 images, found {len(unique)}")
+    return unique, declared.pop() if len(declared) == 1 else None
+
+
+def _check_images(images: list[Path]) -> None:
+    problems = [p for image in images for p in check_case(Case(image.name, image, None), None, read_voxels=False)]
+    if problems:
+        raise MedsegError(problems[0] + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""))
+
+
+def _prepare_new(config_path, data_dirs, output, overrides) -> tuple[Config, dict, Path]:
+    config = load_config(config_path, overrides)
+    folders = list(data_dirs or ([config.data.root] if config.data.root else []))
+    if not folders:
+        raise MedsegError("no images: pass --data DIR [DIR ...] or set data.root in the config")
+    images, declared = find_unlabelled_images(folders)
+    images = images[: config.data.max_cases] if config.data.max_cases else images
+    _check_images(images)
+    d = config.data
+    split = make_split([str(i) for i in images], d.val_fraction, d.num_folds, d.fold, d.split_seed)
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=str(Path(folders[0]).resolve()), class_names=None))
+    config = plan_unlabelled(config, [Path(p) for p in split["train"]], declared)
+    return config, split, new_run_dir(output, config.name)
+
+
+def _prepare_resume(output, overrides) -> tuple[Config, dict, Path]:
+    if output is None:
+        raise MedsegError("--resume needs --output RUN_DIR, the pretraining folder to continue")
+    run_dir = Path(output)
+    for name in ("config.yaml", "split.json", "last.pt"):
+        if not (run_dir / name).is_file():
+            raise MedsegError(f"{run_dir / name}: not found; cannot resume this pretraining folder")
+    config = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()), overrides)
+    return config, json.loads((run_dir / "split.json").read_text()), run_dir
+
+
+def pretrain(
+    config_path: str | Path | None,
+    data_dirs: Sequence[str | Path] | None = None,
+    output: str | Path | None = None,
+    resume: bool = False,
+    overrides: list[str] | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Self-supervised pretraining of the Swin UNETR encoder; returns the run folder."""
+    device = distributed_device()
+    if not is_main_process():
+        log = lambda _: None  # noqa: E731  (one log, from rank 0)
+    if resume:
+        config, split, run_dir = _prepare_resume(output, overrides)
+    else:
+        config, split, run_dir = _prepare_new(config_path, data_dirs, output, overrides)
+    torch.manual_seed(config.train.seed)
+    task = SwinPretrainer(config)
+    log(f"{len(split['train'])} training and {len(split['validation'])} validation images "
+        f"({config.data.modality}, spacing {config.data.spacing}); caching preprocessed volumes")
+    steps = preprocessing(config.data, with_label=False)
+    train_loader, val_loader = make_loaders(
+        config, [{"image": p} for p in split["train"]], [{"image": p} for p in split["validation"]],
+        steps + task.train_sampling(), steps + task.validation_sampling(), val_batch_size=config.train.batch_size,
+    )
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    if is_main_process():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
+        write_json(run_dir / "split.json", split)
+    log(f"run folder: {run_dir}")
+    hooks = [LogFileHook(run_dir / "train_log.jsonl"), TensorBoardHook(run_dir / "tensorboard")] if is_main_process() else []
+    result = Trainer(task, config, run_dir, train_loader, val_loader, device, hooks).fit(resume=resume, log=log)
+    log(f"best validation loss {result.best_metric:.4f} at epoch {result.best_epoch} "
+        f"({result.epochs_run} epochs, {result.elapsed_s / 60:.1f} min); fine-tune with model.pretrained={run_dir}")
+    return run_dir

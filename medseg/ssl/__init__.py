@@ -1,0 +1,1 @@
+"""Self-supervised pretraining of the Swin UNETR encoder (Tang et al., CVPR 2022) and its transfer."""

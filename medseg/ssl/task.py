@@ -1,0 +1,83 @@
+"""Pretraining as a task the Trainer drives like any strategy: sampling, a step, validation, pictures."""
+
+from __future__ import annotations
+
+import torch
+from monai.transforms import CenterSpatialCropd, RandSpatialCropSamplesd, SpatialPadd, Transform
+
+from medseg.config import Config
+from medseg.data.transforms import augmentation
+from medseg.engine.pictures import grey_row
+from medseg.errors import MedsegError
+from medseg.ssl.losses import PretrainLoss
+from medseg.ssl.network import SwinPretrainNetwork
+from medseg.ssl.proxy_tasks import mask_cubes, rotate
+from medseg.strategies.base import Segmenter
+
+VALIDATION_SEED = 0
+
+
+def check_pretrain_sizes(config: Config) -> None:
+    """Rotations need a square axial plane; masking needs whole cubes."""
+    size, block = config.data.patch_size, config.pretrain.mask_block
+    if len(size) != 3 or size[0] != size[1]:
+        raise MedsegError(f"config key 'data.patch_size': pretraining rotates in the axial plane, so the first two sides must be equal, got {size}")
+    if block < 1 or any(s % block for s in size):
+        raise MedsegError(f"config key 'pretrain.mask_block': {block} must divide every side of data.patch_size {size}")
+    if not 0.0 < config.pretrain.mask_fraction < 1.0:
+        raise MedsegError(f"config key 'pretrain.mask_fraction': must be between 0 and 1, got {config.pretrain.mask_fraction}")
+
+
+class SwinPretrainer(Segmenter):
+    """Two views of each sub-volume, each rotated and masked at random; the network predicts the
+    rotation, embeds the view (the two views of a sub-volume are the positive pair) and inpaints it."""
+
+    monitor, monitor_mode = "val_loss", "min"
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        check_pretrain_sizes(config)
+        self.patch_size = list(config.data.patch_size)
+        self.network = SwinPretrainNetwork(config.model, config.pretrain, self.patch_size)
+        self.loss = PretrainLoss(config.pretrain)
+
+    def train_sampling(self) -> list[Transform]:
+        data = self.config.data
+        return [
+            SpatialPadd("image", spatial_size=self.patch_size),
+            RandSpatialCropSamplesd("image", roi_size=self.patch_size, num_samples=data.samples_per_volume, random_size=False),
+            *augmentation(data.augment, keys=("image",)),
+        ]
+
+    def validation_sampling(self) -> list[Transform]:
+        """One fixed sub-volume per validation image: the centre."""
+        return [SpatialPadd("image", spatial_size=self.patch_size), CenterSpatialCropd("image", roi_size=self.patch_size)]
+
+    def _views(self, image: torch.Tensor, generator: torch.Generator | None) -> tuple[dict, dict]:
+        pretrain = self.config.pretrain
+        views = []
+        for _ in range(2):
+            rotated, rotation = rotate(image, generator)
+            masked, mask = mask_cubes(rotated, pretrain.mask_fraction, pretrain.mask_block, generator)
+            views.append({"input": masked, "image": rotated, "mask": mask, "rotation": rotation})
+        return views[0], views[1]
+
+    def _losses(self, image: torch.Tensor, generator: torch.Generator | None = None) -> tuple[dict, dict, dict]:
+        view1, view2 = self._views(image, generator)
+        outputs = (self.network(view1["input"]), self.network(view2["input"]))
+        return self.loss(outputs, (view1, view2)), view1, outputs[0]
+
+    def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
+        return self._losses(batch["image"])[0]
+
+    def validation_step(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The same views every epoch (a fixed generator), so validation losses are comparable."""
+        losses = self._losses(batch["image"], torch.Generator().manual_seed(VALIDATION_SEED))[0]
+        return {key: value.detach()[None] for key, value in losses.items()}
+
+    def preview_images(self, batch: dict, outputs: dict) -> dict[str, torch.Tensor]:
+        """The middle axial slice of the first validation view: original | masked input | inpainted."""
+        _, view, output = self._losses(batch["image"][:1], torch.Generator().manual_seed(VALIDATION_SEED))
+        z = view["image"].shape[-1] // 2
+        slices = [view["image"][0, 0, ..., z], view["input"][0, 0, ..., z], output["reconstruction"][0, 0, ..., z]]
+        return {"val/inpainting_original_masked_inpainted": grey_row([s.detach().float().cpu() for s in slices])}
