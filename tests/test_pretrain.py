@@ -159,3 +159,21 @@ def test_pretrain_bad_input_is_one_line(phantom_dir, tmp_path, capsys):
     assert main(["pretrain", PIPELINE, "--data", str(phantom_dir), "--output", str(tmp_path / "r"), "model.network=unet"]) == 2
     assert "set it to swin_unetr" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_pretraining_under_torchrun_ddp(phantom_dir, tmp_path):
+    """Both views go through one forward pass, as DDP requires; rank 0 alone writes the run folder."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torchrun = Path(sys.executable).parent / "torchrun"
+    run = tmp_path / "ddp"
+    result = subprocess.run(
+        [str(torchrun), "--nproc_per_node=2", "-m", "medseg.cli", "pretrain", PIPELINE, "--data", str(phantom_dir),
+         "--output", str(run), *PRETRAIN, "train.max_minutes=null"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("run folder:") == 1
+    assert load_pretrained_encoder(_swin(), run / "last.pt").missing == []
