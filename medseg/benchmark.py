@@ -110,7 +110,6 @@ def _infer_one(run_dir: str, image: str, output: str) -> None:
 
 def _monai_reference(run_dir: str, image: str, output: str) -> None:
     """The bundle-style script users write by hand: full-resolution float copies and Invertd."""
-    from monai.data import decollate_batch
     from monai.inferers import SlidingWindowInferer
     from monai.transforms import (Activationsd, AsDiscreted, Compose, EnsureChannelFirstd, Invertd, LoadImaged,
                                   Orientationd, SaveImaged, ScaleIntensityRanged, Spacingd)

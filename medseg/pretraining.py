@@ -7,15 +7,13 @@ tensorboard/); best.pt has the lowest validation loss. Fine-tune with ``model.pr
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-import yaml
 
 from medseg.checks import check_case
-from medseg.config import Config, config_from_dict, load_config, save_config
+from medseg.config import Config, load_config, save_config
 from medseg.data.datasets import Case, discover_dataset, list_inputs
 from medseg.data.planning import plan_unlabelled
 from medseg.data.splits import make_split
@@ -24,7 +22,7 @@ from medseg.engine.hooks import LogFileHook, TensorBoardHook
 from medseg.engine.trainer import Trainer, distributed_device, is_main_process
 from medseg.errors import MedsegError
 from medseg.ssl.task import SwinPretrainer
-from medseg.training import make_loaders, new_run_dir, write_json
+from medseg.training import make_loaders, new_run_dir, read_run_to_resume, write_json
 
 
 def find_unlabelled_images(folders: Sequence[str | Path]) -> tuple[list[Path], str | None]:
@@ -67,17 +65,6 @@ def _prepare_new(config_path, data_dirs, output, overrides) -> tuple[Config, dic
     return config, split, new_run_dir(output, config.name)
 
 
-def _prepare_resume(output, overrides) -> tuple[Config, dict, Path]:
-    if output is None:
-        raise MedsegError("--resume needs --output RUN_DIR, the pretraining folder to continue")
-    run_dir = Path(output)
-    for name in ("config.yaml", "split.json", "last.pt"):
-        if not (run_dir / name).is_file():
-            raise MedsegError(f"{run_dir / name}: not found; cannot resume this pretraining folder")
-    config = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()), overrides)
-    return config, json.loads((run_dir / "split.json").read_text()), run_dir
-
-
 def pretrain(
     config_path: str | Path | None,
     data_dirs: Sequence[str | Path] | None = None,
@@ -91,7 +78,7 @@ def pretrain(
     if not is_main_process():
         log = lambda _: None  # noqa: E731  (one log, from rank 0)
     if resume:
-        config, split, run_dir = _prepare_resume(output, overrides)
+        config, split, run_dir = read_run_to_resume(output, overrides)
     else:
         config, split, run_dir = _prepare_new(config_path, data_dirs, output, overrides)
     torch.manual_seed(config.train.seed)

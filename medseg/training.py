@@ -105,7 +105,8 @@ def _prepare_new(config_path, data_dir, output, overrides) -> tuple[Config, dict
     return config, split, new_run_dir(output, config.name), by_id
 
 
-def _prepare_resume(output, overrides) -> tuple[Config, dict, Path, dict[str, Case]]:
+def read_run_to_resume(output, overrides) -> tuple[Config, dict, Path]:
+    """The saved config (with overrides) and split of a run folder that has a last checkpoint."""
     if output is None:
         raise MedsegError("--resume needs --output RUN_DIR, the run folder to continue")
     run_dir = Path(output)
@@ -113,7 +114,11 @@ def _prepare_resume(output, overrides) -> tuple[Config, dict, Path, dict[str, Ca
         if not (run_dir / name).is_file():
             raise MedsegError(f"{run_dir / name}: not found; cannot resume this run folder")
     config = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()), overrides)
-    split = json.loads((run_dir / "split.json").read_text())
+    return config, json.loads((run_dir / "split.json").read_text()), run_dir
+
+
+def _prepare_resume(output, overrides) -> tuple[Config, dict, Path, dict[str, Case]]:
+    config, split, run_dir = read_run_to_resume(output, overrides)
     dataset = discover_dataset(config.data.root)
     return config, split, run_dir, {c.case_id: c for c in dataset.cases}
 

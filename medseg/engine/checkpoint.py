@@ -18,15 +18,20 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
         torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load without running pickled code; anything that is not a medseg checkpoint is a user error."""
+def load_tensors(path: str | Path, what: str = "checkpoint") -> Any:
+    """``torch.load`` with ``weights_only=True`` (no pickled code runs); failures are user errors."""
     path = Path(path)
     if not path.is_file():
-        raise MedsegError(f"{path}: checkpoint not found")
+        raise MedsegError(f"{path}: {what} not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise MedsegError(f"{path}: cannot load checkpoint ({' '.join(str(exc).split())[:160]})") from None
+        raise MedsegError(f"{path}: cannot load {what} ({' '.join(str(exc).split())[:160]})") from None
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load without running pickled code; anything that is not a medseg checkpoint is a user error."""
+    state = load_tensors(path)
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise MedsegError(f"{path}: not a medseg checkpoint (no model state or config)")
     return state

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from medseg.engine.checkpoint import load_tensors
 from medseg.errors import MedsegError
 
 ENCODER = "swinViT."
@@ -37,10 +38,7 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
         path = path / "best.pt"
     if not path.is_file():
         raise MedsegError(f"{path}: pretrained weights not found (a pretraining run folder, its best.pt/last.pt, or model_swinvit.pt)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise MedsegError(f"{path}: cannot load pretrained weights ({' '.join(str(exc).split())[:160]})") from None
+    state = load_tensors(path, "pretrained weights")
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # a medseg checkpoint
     elif isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
