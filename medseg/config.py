@@ -185,7 +185,8 @@ class Compare2DConfig:
     The panoptic merge (Panoptic FPN) pastes instances with score >= ``score_threshold`` by score,
     drops one when more than ``overlap_threshold`` of its mask is already taken, and drops stuff
     regions under ``stuff_area_limit`` pixels; instance masks are binarised at ``mask_threshold``.
-    ``anchor_sizes`` (pixels, one per FPN level) suit objects at the slice's own resolution.
+    ``anchor_sizes`` (pixels, one per FPN level) suit objects at the slice's own resolution;
+    ``detections_per_image`` caps Mask R-CNN's output (and so the detections mask AP sees).
     Each model trains for ``max_minutes`` and/or ``max_steps``, whichever ends first;
     ``val_slices_per_case`` evenly spaced axial slices of each validation case are scored.
     """
@@ -204,6 +205,7 @@ class Compare2DConfig:
     stuff_area_limit: int = 8
     mask_threshold: float = 0.5
     anchor_sizes: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128])
+    detections_per_image: int = 20
     maskrcnn_v2: bool = False
 
 

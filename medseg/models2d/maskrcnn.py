@@ -1,0 +1,99 @@
+"""Mask R-CNN (He et al. 2017) behind the 2D contract: torchvision's ``maskrcnn_resnet50_fpn`` (or
+``_v2``), no pretrained weights, one box class per thing class, working at the slice's own size."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.models.detection import MaskRCNN, maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+from medseg.config import Compare2DConfig, Config
+from medseg.errors import MedsegError
+from medseg.models2d.base import MODELS_2D, Batch2D, ClassSpec, Instances, Model2D, Prediction2D
+from medseg.models2d.merge import paste_instances
+
+FPN_LEVELS = 5  # P2-P5 and the pooled P6: one anchor size each
+ASPECT_RATIOS = (0.5, 1.0, 2.0)
+# torchvision's defaults suit 800-pixel photos with dozens of objects; a slice holds a handful of organs.
+# Fewer proposals and sampled RoIs made a training step of 8 slices of 96x96 pixels 2.8x faster on one
+# CPU thread, and fewer detections made inference 5.6x faster.
+SMALL_IMAGE_SETTINGS = {
+    "rpn_pre_nms_top_n_train": 600,
+    "rpn_post_nms_top_n_train": 300,
+    "rpn_pre_nms_top_n_test": 300,
+    "rpn_post_nms_top_n_test": 150,
+    "box_batch_size_per_image": 128,
+}
+
+
+def build_detector(settings: Compare2DConfig, num_things: int) -> MaskRCNN:
+    """torchvision's Mask R-CNN for 1-channel slices of ``compare.slice_size``.
+
+    The default transform would rescale a 128-pixel slice to 800 pixels; min/max size equal to the
+    slice keeps it as it is, and ``compare.anchor_sizes`` replace the anchors made for 800-pixel photos.
+    At most ``compare.detections_per_image`` detections are kept per image.
+    The first convolution takes one channel and the images pass unnormalised, as they reach the
+    semantic networks.
+    """
+    if len(settings.anchor_sizes) != FPN_LEVELS or min(settings.anchor_sizes) <= 0:
+        raise MedsegError(f"config key 'compare.anchor_sizes': expected {FPN_LEVELS} positive sizes (one per FPN "
+                          f"level), got {settings.anchor_sizes}")
+    builder = maskrcnn_resnet50_fpn_v2 if settings.maskrcnn_v2 else maskrcnn_resnet50_fpn
+    model = builder(weights=None, weights_backbone=None, num_classes=1 + num_things,
+                    min_size=min(settings.slice_size), max_size=max(settings.slice_size),
+                    image_mean=[0.0], image_std=[1.0], box_detections_per_img=settings.detections_per_image,
+                    **SMALL_IMAGE_SETTINGS)
+    model.backbone.body.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    # Same number of anchors per location as the default, so the RPN head built with it still fits.
+    model.rpn.anchor_generator = AnchorGenerator(tuple((s,) for s in settings.anchor_sizes),
+                                                 (ASPECT_RATIOS,) * FPN_LEVELS)
+    return model
+
+
+def detector_targets(batch: Batch2D, classes: ClassSpec) -> list[dict[str, torch.Tensor]]:
+    """Ground-truth instances in torchvision's form, thing classes numbered 1..T."""
+    index = torch.zeros(classes.num_classes, dtype=torch.int64, device=batch.images.device)
+    index[list(classes.things)] = torch.arange(1, len(classes.things) + 1, device=index.device)
+    return [{"boxes": inst.boxes, "labels": index[inst.labels], "masks": inst.masks.to(torch.uint8)}
+            for inst in batch.instances]
+
+
+def detections_to_instances(detection: dict[str, torch.Tensor], classes: ClassSpec, mask_threshold: float) -> Instances:
+    """torchvision's output for one image -> ``Instances`` with binary masks and class indices."""
+    things = torch.tensor(classes.things, dtype=torch.int64, device=detection["labels"].device)
+    return Instances(detection["masks"][:, 0] >= mask_threshold, things[detection["labels"] - 1],
+                     detection["boxes"], detection["scores"])
+
+
+class MaskRCNN2D(Model2D):
+    """Detections of the thing classes; the semantic map pastes those scoring at least
+    ``compare.score_threshold``, higher scores winning overlaps. Stuff classes are never predicted."""
+
+    def __init__(self, classes: ClassSpec, settings: Compare2DConfig) -> None:
+        super().__init__(classes)
+        self.settings = settings
+        self.detector = build_detector(settings, len(classes.things))
+
+    def losses(self, batch: Batch2D) -> dict[str, torch.Tensor]:
+        return self.detector(list(batch.images), detector_targets(batch, self.classes))
+
+    def infer(self, images: torch.Tensor) -> list[Prediction2D]:
+        predictions = []
+        for detection in self.detector(list(images)):
+            instances = detections_to_instances(detection, self.classes, self.settings.mask_threshold)
+            pasted = paste_instances(instances, self.settings.score_threshold, overlap_threshold=1.0)
+            predictions.append(Prediction2D(pasted.class_scores(self.classes.num_classes), instances))
+        return predictions
+
+
+def require_things(classes: ClassSpec, model: str) -> None:
+    if not classes.things:
+        raise MedsegError(f"config key 'compare.stuff_classes': model '{model}' needs at least one thing class, "
+                          f"but every class is stuff")
+
+
+@MODELS_2D.register("maskrcnn")
+def _maskrcnn(config: Config, classes: ClassSpec) -> MaskRCNN2D:
+    require_things(classes, "maskrcnn")
+    return MaskRCNN2D(classes, config.compare)

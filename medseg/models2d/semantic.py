@@ -1,0 +1,40 @@
+"""Per-pixel classifiers behind the 2D contract: ``fcn`` and ``unet2d``, the slice2d strategy's own 2D
+networks (``medseg.networks``), trained with ``train.loss``."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from medseg.config import Config
+from medseg.losses import build_loss
+from medseg.models2d.base import MODELS_2D, Batch2D, ClassSpec, Model2D, Prediction2D
+from medseg.networks import NETWORKS_2D
+
+
+class SemanticModel(Model2D):
+    """A network mapping [B, 1, H, W] images to [B, K, H, W] logits; predicts softmax scores only."""
+
+    def __init__(self, network: nn.Module, classes: ClassSpec, loss: nn.Module) -> None:
+        super().__init__(classes)
+        self.network = network
+        self.loss = loss
+
+    def losses(self, batch: Batch2D) -> dict[str, torch.Tensor]:
+        return {"loss_semantic": self.loss(self.network(batch.images), batch.semantic[:, None])}
+
+    def infer(self, images: torch.Tensor) -> list[Prediction2D]:
+        return [Prediction2D(p) for p in torch.softmax(self.network(images), dim=1)]
+
+
+def _semantic(network: str):
+    def build(config: Config, classes: ClassSpec) -> SemanticModel:
+        builder = NETWORKS_2D.get(network)
+        net = builder(config.model, 1, classes.num_classes, config.compare.slice_size)
+        return SemanticModel(net, classes, build_loss(config.train.loss))
+
+    return build
+
+
+MODELS_2D.register("fcn")(_semantic("fcn"))
+MODELS_2D.register("unet2d")(_semantic("unet2d"))
