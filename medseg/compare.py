@@ -160,14 +160,14 @@ def _write_json(path: Path, value) -> None:
 
 def _summary(config: Config, split: dict, picks: list, classes: ClassSpec, results: dict) -> str:
     c = config.compare
-    budget = " and ".join(b for b in (f"{c.max_minutes:g} min" if c.max_minutes else "",
-                                      f"{c.max_steps} steps" if c.max_steps else "") if b)
+    limits = [f"{c.max_minutes:g} min" if c.max_minutes else "", f"{c.max_steps} steps" if c.max_steps else ""]
+    budget = " or ".join(x for x in limits if x) + (", whichever came first," if all(limits) else "")
     return "\n".join([
         f"# 2D model comparison: {config.name}",
         "",
         f"Data: `{config.data.root}`, {len(split['train'])} training and {len(split['validation'])} validation cases; "
         f"{len(picks)} validation slices (axial, {c.slice_size[0]}x{c.slice_size[1]}). "
-        f"Every model trained for at most {budget} on the same seeded batches of {c.batch_size} slices.",
+        f"Every model trained for {budget} on the same seeded batches of {c.batch_size} slices.",
         f"Classes: things {', '.join(classes.names[k] for k in classes.things) or 'none'}; "
         f"stuff {', '.join(classes.names[k] for k in classes.stuff) or 'none'}.",
         "",

@@ -77,6 +77,8 @@ def test_compare_writes_the_figure_checkpoints_and_config(compared):
     ("bad size", ["compare.slice_size=[48,48]"], ["compare.slice_size", "32"]),
     ("bad group", ["compare.groups=[[organs,liver,kidny]]"], ["compare.groups", "kidny"]),
     ("no budget", ["compare.max_steps=null", "compare.max_minutes=null"], ["compare.max_minutes"]),
+    ("bad anchors", ["compare.anchor_sizes=[8,16]"], ["compare.anchor_sizes", "5"]),
+    ("all stuff", ["compare.stuff_classes=[liver,kidney,spine]"], ["compare.stuff_classes", "maskrcnn"]),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(phantom_dir, config_file, tmp_path, capsys, case, extra, words):
     output = tmp_path / "out"

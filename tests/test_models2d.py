@@ -96,6 +96,16 @@ def test_predict_follows_the_contract_also_on_an_empty_image(models, classes, na
     assert models[name].training is False  # predict switched to eval mode itself
 
 
+def test_maskrcnn_v2_follows_the_contract(classes):
+    v2 = build_model_2d("maskrcnn", load_config(None, ["compare.maskrcnn_v2=true", f"compare.slice_size=[{SIZE},{SIZE}]"]),
+                        classes)
+    assert len(v2.detector.rpn.head.conv) == 2  # v2's RPN head has two convolutions, v1's one
+    losses = v2.training_step(make_batch(image_of(scene()), scene()[None], classes))
+    assert all(torch.isfinite(v) for v in losses.values())
+    (prediction,) = v2.predict(image_of(scene()))
+    assert prediction.semantic.shape == (classes.num_classes, SIZE, SIZE) and prediction.instances is not None
+
+
 # --- targets from label maps ---------------------------------------------------------------------
 
 
