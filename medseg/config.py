@@ -34,7 +34,10 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
-    """Where the data is and how volumes become network inputs (shared by every strategy)."""
+    """Where the data is and how volumes become network inputs (shared by every strategy).
+
+    ``train_fraction`` < 1 trains on a seeded subset of the training split (label-efficiency studies).
+    """
 
     root: str | None = None
     modality: str = "auto"
@@ -119,7 +122,8 @@ class LowresConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation and the training loop."""
+    """Optimisation and the training loop. ``freeze_encoder_epochs`` and ``encoder_lr_scale`` apply to a
+    pretrained Swin UNETR encoder: frozen for the first epochs, then at a fraction of the learning rate."""
 
     max_epochs: int = 100
     max_minutes: float | None = None
