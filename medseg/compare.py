@@ -8,7 +8,6 @@ headers) fails before the output folder is created; every model is built once up
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import sys
 import time
@@ -30,6 +29,7 @@ from medseg.models2d.report import legend, markdown_table, write_csv, write_exam
 from medseg.models2d.scoring import Evaluator2D
 from medseg.models2d.slices import SliceSampler, SliceVolume, load_volumes, stack_slices, validation_slices
 from medseg.models2d.targets import make_batch, semantic_target
+from medseg.training import write_json
 
 LOG_EVERY_S = 30.0
 SIZE_MULTIPLE = 32  # the FPN's coarsest level; U-Nets need their own stride product as well
@@ -153,11 +153,6 @@ def _example_picks(volumes: list[SliceVolume], picks: list[tuple[int, int]], cla
     return chosen
 
 
-def _write_json(path: Path, value) -> None:
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(value, indent=2))
-
-
 def _summary(config: Config, split: dict, picks: list, classes: ClassSpec, results: dict) -> str:
     c = config.compare
     limits = [f"{c.max_minutes:g} min" if c.max_minutes else "", f"{c.max_steps} steps" if c.max_steps else ""]
@@ -209,7 +204,7 @@ def run_compare(
     examples = _example_picks(val_volumes, picks, classes, c.examples)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.yaml")
-    _write_json(run_dir / "split.json", split)
+    write_json(run_dir / "split.json", split)
     log(f"output folder: {run_dir}")
 
     results: dict[str, dict[str, float]] = {}

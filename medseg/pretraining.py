@@ -13,16 +13,15 @@ from pathlib import Path
 import torch
 
 from medseg.checks import check_case
-from medseg.config import Config, load_config, save_config
+from medseg.config import Config, load_config
 from medseg.data.datasets import Case, discover_dataset, list_inputs
 from medseg.data.planning import plan_unlabelled
 from medseg.data.splits import make_split
 from medseg.data.transforms import preprocessing
-from medseg.engine.hooks import LogFileHook, TensorBoardHook
 from medseg.engine.trainer import Trainer, distributed_device, is_main_process
 from medseg.errors import MedsegError
 from medseg.ssl.task import SwinPretrainer
-from medseg.training import make_loaders, new_run_dir, read_run_to_resume, write_json
+from medseg.training import make_loaders, new_run_dir, open_run_folder, read_run_to_resume
 
 
 def find_unlabelled_images(folders: Sequence[str | Path]) -> tuple[list[Path], str | None]:
@@ -90,14 +89,7 @@ def pretrain(
         config, [{"image": p} for p in split["train"]], [{"image": p} for p in split["validation"]],
         steps + task.train_sampling(), steps + task.validation_sampling(), val_batch_size=config.train.batch_size,
     )
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-    if is_main_process():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, run_dir / "config.yaml")
-        write_json(run_dir / "split.json", split)
-    log(f"run folder: {run_dir}")
-    hooks = [LogFileHook(run_dir / "train_log.jsonl"), TensorBoardHook(run_dir / "tensorboard")] if is_main_process() else []
+    hooks = open_run_folder(run_dir, config, split, log)
     result = Trainer(task, config, run_dir, train_loader, val_loader, device, hooks).fit(resume=resume, log=log)
     log(f"best validation loss {result.best_metric:.4f} at epoch {result.best_epoch} "
         f"({result.epochs_run} epochs, {result.elapsed_s / 60:.1f} min); fine-tune with model.pretrained={run_dir}")

@@ -26,7 +26,7 @@ from medseg.data.datasets import Case, discover_dataset
 from medseg.data.planning import plan
 from medseg.data.splits import make_split
 from medseg.data.transforms import preprocessing
-from medseg.engine.hooks import LogFileHook, TensorBoardHook
+from medseg.engine.hooks import Hook, LogFileHook, TensorBoardHook
 from medseg.engine.trainer import Trainer, distributed_device, is_main_process
 from medseg.errors import MedsegError
 from medseg.io import atomic_output
@@ -123,6 +123,20 @@ def _prepare_resume(output, overrides) -> tuple[Config, dict, Path, dict[str, Ca
     return config, split, run_dir, {c.case_id: c for c in dataset.cases}
 
 
+def open_run_folder(run_dir: Path, config: Config, split: dict, log: Callable[[str], None]) -> list[Hook]:
+    """Once every rank has checked its inputs, rank 0 creates the run folder with the resolved config and
+    the split; returns the logging hooks (none on other ranks)."""
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    log(f"run folder: {run_dir}")
+    if not is_main_process():
+        return []
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / "config.yaml")
+    write_json(run_dir / "split.json", split)
+    return [LogFileHook(run_dir / "train_log.jsonl"), TensorBoardHook(run_dir / "tensorboard")]
+
+
 def train(
     config_path: str | Path | None,
     data_dir: str | Path | None = None,
@@ -151,14 +165,7 @@ def train(
     val_cases = [by_id[i] for i in split["validation"]]
     log(f"{len(train_cases)} training and {len(val_cases)} validation cases; caching preprocessed volumes")
     train_loader, val_loader = _loaders(config, segmenter, train_cases, val_cases)
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()  # every rank has checked the run folder before rank 0 creates it
-    if is_main_process():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, run_dir / "config.yaml")
-        write_json(run_dir / "split.json", split)
-    log(f"run folder: {run_dir}")
-    hooks = [LogFileHook(run_dir / "train_log.jsonl"), TensorBoardHook(run_dir / "tensorboard")] if is_main_process() else []
+    hooks = open_run_folder(run_dir, config, split, log)
     trainer = Trainer(segmenter, config, run_dir, train_loader, val_loader, device, hooks)
     result = trainer.fit(resume=resume, log=log)
     log(f"best validation mean Dice {result.best_metric:.4f} at epoch {result.best_epoch} "
