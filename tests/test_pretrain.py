@@ -101,6 +101,12 @@ def test_model_swinvit_layout_loads_like_monai_load_from(tmp_path):
         torch.testing.assert_close(monai.swinViT.state_dict()[key], value, msg=key)
     with pytest.raises(MedsegError, match="shape"):
         load_pretrained_encoder(_swin("small"), path)
+    (tmp_path / "notes.pt").write_text("not weights")
+    with pytest.raises(MedsegError, match="notes.pt: cannot load pretrained weights"):
+        load_pretrained_encoder(ours, tmp_path / "notes.pt")
+    torch.save({"state_dict": {"decoder.weight": torch.zeros(2)}}, tmp_path / "other.pt")
+    with pytest.raises(MedsegError, match="no Swin UNETR encoder tensors"):
+        load_pretrained_encoder(ours, tmp_path / "other.pt")
     assert isinstance(ours, SwinUNETR)
 
 

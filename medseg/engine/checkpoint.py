@@ -25,8 +25,9 @@ def load_tensors(path: str | Path, what: str = "checkpoint") -> Any:
         raise MedsegError(f"{path}: {what} not found")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise MedsegError(f"{path}: cannot load {what} ({' '.join(str(exc).split())[:160]})") from None
+    except Exception:
+        raise MedsegError(f"{path}: cannot load {what}: not a file of plain tensors that "
+                          "torch.load(weights_only=True) accepts (no pickled code is run)") from None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
