@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 
-from medseg.checks import check_case
 from medseg.config import Config, config_to_dict, load_config, save_config
 from medseg.data.datasets import Case, discover_dataset
 from medseg.data.planning import plan
@@ -29,7 +28,7 @@ from medseg.models2d.report import legend, markdown_table, write_csv, write_exam
 from medseg.models2d.scoring import Evaluator2D
 from medseg.models2d.slices import SliceSampler, SliceVolume, load_volumes, stack_slices, validation_slices
 from medseg.models2d.targets import make_batch, semantic_target
-from medseg.training import write_json
+from medseg.training import check_headers, write_json
 
 LOG_EVERY_S = 30.0
 SIZE_MULTIPLE = 32  # the FPN's coarsest level; U-Nets need their own stride product as well
@@ -71,9 +70,7 @@ def _prepare(config_path, data_dir, overrides) -> tuple[Config, dict[str, list[s
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=str(dataset.root.resolve())))
     cases = dataset.cases[: config.data.max_cases] if config.data.max_cases else dataset.cases
     num_classes = len(dataset.class_names) if dataset.class_names else None
-    problems = [p for case in cases for p in check_case(case, num_classes, read_voxels=False)]
-    if problems:
-        raise MedsegError(problems[0])
+    check_headers(cases, num_classes)
     d = config.data
     split = make_split([c.case_id for c in cases], d.val_fraction, d.num_folds, d.fold, d.split_seed)
     by_id = {c.case_id: c for c in cases}
@@ -99,7 +96,7 @@ def _train(model: Model2D, name: str, config: Config, classes: ClassSpec, sample
     while steps != c.max_steps and not (c.max_minutes and time.perf_counter() - start >= 60 * c.max_minutes):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(budget, steps, time.perf_counter() - start)
-        batch = make_batch(*sampler.batch(c.batch_size), classes).to(device)
+        batch = make_batch(*sampler.batch(c.batch_size), classes, with_instances=model.needs_instances).to(device)
         losses = model.training_step(batch)
         loss = sum(losses.values())
         if not torch.isfinite(loss):

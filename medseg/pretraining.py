@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 
-from medseg.checks import check_case
 from medseg.config import Config, load_config
 from medseg.data.datasets import Case, discover_dataset, list_inputs
 from medseg.data.planning import plan_unlabelled
@@ -21,7 +20,7 @@ from medseg.data.transforms import preprocessing
 from medseg.engine.trainer import Trainer, distributed_device, is_main_process
 from medseg.errors import MedsegError
 from medseg.ssl.task import SwinPretrainer
-from medseg.training import make_loaders, new_run_dir, open_run_folder, read_run_to_resume
+from medseg.training import check_headers, make_loaders, new_run_dir, open_run_folder, read_run_to_resume
 
 
 def find_unlabelled_images(folders: Sequence[str | Path]) -> tuple[list[Path], str | None]:
@@ -43,12 +42,6 @@ def find_unlabelled_images(folders: Sequence[str | Path]) -> tuple[list[Path], s
     return unique, declared.pop() if len(declared) == 1 else None
 
 
-def _check_images(images: list[Path]) -> None:
-    problems = [p for image in images for p in check_case(Case(image.name, image, None), None, read_voxels=False)]
-    if problems:
-        raise MedsegError(problems[0] + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""))
-
-
 def _prepare_new(config_path, data_dirs, output, overrides) -> tuple[Config, dict, Path]:
     config = load_config(config_path, overrides)
     folders = list(data_dirs or ([config.data.root] if config.data.root else []))
@@ -56,7 +49,7 @@ def _prepare_new(config_path, data_dirs, output, overrides) -> tuple[Config, dic
         raise MedsegError("no images: pass --data DIR [DIR ...] or set data.root in the config")
     images, declared = find_unlabelled_images(folders)
     images = images[: config.data.max_cases] if config.data.max_cases else images
-    _check_images(images)
+    check_headers([Case(image.name, image, None) for image in images], None)
     d = config.data
     split = make_split([str(i) for i in images], d.val_fraction, d.num_folds, d.fold, d.split_seed)
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=str(Path(folders[0]).resolve()), class_names=None))

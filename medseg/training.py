@@ -66,7 +66,8 @@ def _loaders(config: Config, segmenter: Segmenter, train_cases: list[Case], val_
                         deterministic)
 
 
-def _check_headers(cases: list[Case], num_classes: int | None) -> None:
+def check_headers(cases: list[Case], num_classes: int | None) -> None:
+    """Header-only checks of every case before anything is written: the first problem, as one line."""
     problems = [p for case in cases for p in check_case(case, num_classes, read_voxels=False)]
     if problems:
         more = f" (and {len(problems) - 1} more problems; run 'medseg check')" if len(problems) > 1 else ""
@@ -95,7 +96,7 @@ def _prepare_new(config_path, data_dir, output, overrides) -> tuple[Config, dict
     # Absolute, so the saved config still finds the data when resumed from another folder.
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=str(dataset.root.resolve())))
     cases = dataset.cases[: config.data.max_cases] if config.data.max_cases else dataset.cases
-    _check_headers(cases, len(dataset.class_names) if dataset.class_names else None)
+    check_headers(cases, len(dataset.class_names) if dataset.class_names else None)
     d = config.data
     split = make_split([c.case_id for c in cases], d.val_fraction, d.num_folds, d.fold, d.split_seed, d.train_fraction)
     by_id = {c.case_id: c for c in cases}

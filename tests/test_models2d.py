@@ -61,7 +61,7 @@ def test_every_adapter_is_under_contract():
 def test_train_step_gives_finite_named_losses(models, classes, name, empty):
     label = torch.zeros(SIZE, SIZE, dtype=torch.int64) if empty else scene()
     model = models[name]
-    losses = model.training_step(make_batch(image_of(label), label[None], classes))
+    losses = model.training_step(make_batch(image_of(label), label[None], classes, with_instances=model.needs_instances))
     assert losses and all(isinstance(k, str) and k.startswith("loss") for k in losses)
     assert all(v.ndim == 0 and torch.isfinite(v) for v in losses.values())
     model.zero_grad()

@@ -134,20 +134,23 @@ class Prediction2D:
 @dataclass
 class Batch2D:
     """Training input: ``images`` [B, 1, H, W], ``semantic`` [B, H, W] int64 class maps and the
-    ground-truth ``instances`` of each image (of the thing classes)."""
+    ground-truth ``instances`` of each image (of the thing classes), None for models that need none."""
 
     images: torch.Tensor
     semantic: torch.Tensor
-    instances: list[Instances]
+    instances: list[Instances] | None
 
     def to(self, device: torch.device | str) -> Batch2D:
-        return Batch2D(self.images.to(device), self.semantic.to(device), [i.to(device) for i in self.instances])
+        instances = None if self.instances is None else [i.to(device) for i in self.instances]
+        return Batch2D(self.images.to(device), self.semantic.to(device), instances)
 
 
 class Model2D(nn.Module, ABC):
     """A 2D model behind the common contract. Subclasses implement ``losses`` and ``infer``; the public
     methods set the module's mode themselves, so callers cannot mix up train and eval behaviour
     (batch norm, Mask R-CNN's two forward paths)."""
+
+    needs_instances = True  # per-pixel models set False: their batches skip the connected components
 
     def __init__(self, classes: ClassSpec) -> None:
         super().__init__()

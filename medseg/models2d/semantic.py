@@ -15,6 +15,8 @@ from medseg.networks import NETWORKS_2D
 class SemanticModel(Model2D):
     """A network mapping [B, 1, H, W] images to [B, K, H, W] logits; predicts softmax scores only."""
 
+    needs_instances = False
+
     def __init__(self, network: nn.Module, classes: ClassSpec, loss: nn.Module) -> None:
         super().__init__(classes)
         self.network = network

@@ -53,6 +53,8 @@ def panoptic_target(semantic: torch.Tensor, instances: Instances, classes: Class
     return PanopticResult(ids, segments)
 
 
-def make_batch(images: torch.Tensor, labels: torch.Tensor, classes: ClassSpec) -> Batch2D:
-    """Images [B, 1, H, W] and dataset label maps [B, H, W] -> the batch every model trains on."""
-    return Batch2D(images, semantic_target(labels, classes), [instance_target(lab, classes) for lab in labels])
+def make_batch(images: torch.Tensor, labels: torch.Tensor, classes: ClassSpec, with_instances: bool = True) -> Batch2D:
+    """Images [B, 1, H, W] and dataset label maps [B, H, W] -> the batch every model trains on; the
+    instance targets (connected components, on the CPU) only ``with_instances``."""
+    instances = [instance_target(lab, classes) for lab in labels] if with_instances else None
+    return Batch2D(images, semantic_target(labels, classes), instances)
