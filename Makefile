@@ -15,6 +15,8 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	touch $(STAMP)
 
 test: install
+	$(BIN)/ruff check medseg tests
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 demo: install

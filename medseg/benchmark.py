@@ -34,7 +34,7 @@ from medseg.strategies import build_segmenter
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 LARGE_CT_SHAPE = (512, 512, 280)
 # The comparison script's settings: 1.5 x 1.5 x 2 mm, 96^3 windows, MONAI's default overlap.
-LARGE_CT_OVERRIDES = ["data.spacing=[1.5,1.5,2.0]", "data.patch_size=[96,96,96]", "infer.overlap=0.25",
+LARGE_CT_OVERRIDES = ["data.spacing=[1.5,1.5,2.0]", "patch.patch_size=[96,96,96]", "infer.overlap=0.25",
                       "data.intensity_window=[-1000,1000]"]
 
 
@@ -55,11 +55,11 @@ def _planned(pipeline: str, data_root: Path, overrides: list[str]):
 def training_throughput(pipeline: str, data_root: Path, iterations: int = 20) -> dict:
     """Patches per second over ``iterations`` optimiser steps after 3 warm-up steps (20 cases cached)."""
     from medseg.engine.trainer import build_optimizer
-    from medseg.training import _loaders
+    from medseg.workflows.training import segmentation_loaders
 
     config, dataset = _planned(pipeline, data_root, ["train.progress=false"])
     segmenter = build_segmenter(config).train()
-    loader, _ = _loaders(config, segmenter, dataset.cases[:20], dataset.cases[:1])
+    loader, _ = segmentation_loaders(config, segmenter, dataset.cases[:20], dataset.cases[:1])
     optimizer = build_optimizer(config, segmenter.parameters())
     batches = (batch for _ in range(1000) for batch in loader)
     samples, start = 0, 0.0
@@ -72,7 +72,7 @@ def training_throughput(pipeline: str, data_root: Path, iterations: int = 20) ->
         optimizer.step()
         samples += batch["image"].shape[0]
     seconds = time.perf_counter() - start
-    patch = "x".join(map(str, config.data.patch_size))
+    patch = "x".join(map(str, config.patch.patch_size))
     return {"pipeline": pipeline, "patch": patch, "samples_per_s": samples / seconds,
             "s_per_step": seconds / iterations, "batch": samples // iterations}
 
@@ -88,7 +88,7 @@ def _random_run(pipeline: str, data_root: Path, overrides: list[str], folder: Pa
     return folder
 
 
-def make_large_ct(source: Path, target: Path, shape=LARGE_CT_SHAPE) -> Path:
+def make_large_ct(source: Path, target: Path, shape: tuple[int, int, int] = LARGE_CT_SHAPE) -> Path:
     """Resample a CT (linear) onto a ``shape`` grid covering the same field of view, int16."""
     image = sitk.ReadImage(str(source))
     size = image.GetSize()
@@ -111,8 +111,18 @@ def _infer_one(run_dir: str, image: str, output: str) -> None:
 def _monai_reference(run_dir: str, image: str, output: str) -> None:
     """The bundle-style script users write by hand: full-resolution float copies and Invertd."""
     from monai.inferers import SlidingWindowInferer
-    from monai.transforms import (Activationsd, AsDiscreted, Compose, EnsureChannelFirstd, Invertd, LoadImaged,
-                                  Orientationd, SaveImaged, ScaleIntensityRanged, Spacingd)
+    from monai.transforms import (
+        Activationsd,
+        AsDiscreted,
+        Compose,
+        EnsureChannelFirstd,
+        Invertd,
+        LoadImaged,
+        Orientationd,
+        SaveImaged,
+        ScaleIntensityRanged,
+        Spacingd,
+    )
 
     from medseg.inference import Predictor
 

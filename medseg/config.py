@@ -1,18 +1,22 @@
 """Typed configuration: dataclass defaults, YAML files and dotted ``KEY=VALUE`` overrides.
 
-One config system for everything. Unknown keys are rejected with the list of valid ones, values are
-checked against the field types, and the resolved config is written into every run folder so that a
-run can be reproduced and ``medseg infer`` needs nothing but that folder.
+One config system for every command. Unknown keys are rejected with the list of valid ones, values are
+checked against the field types (choices included) and then against their allowed ranges, all here and
+all before a command creates anything. Each command reads and saves only its own sections
+(``COMMAND_SECTIONS``), so a run folder's ``config.yaml`` holds exactly what that run used and
+``medseg infer`` needs nothing but that folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -34,19 +38,19 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
-    """Where the data is and how volumes become network inputs (shared by every strategy).
+    """Where the data is, how volumes become network inputs, and how training samples are drawn
+    (shared by every command). Each strategy's input size lives in its own section.
 
     ``train_fraction`` < 1 trains on a seeded subset of the training split (label-efficiency studies).
     """
 
     root: str | None = None
-    modality: str = "auto"
+    modality: Literal["auto", "ct", "mri"] = "auto"
     class_names: list[str] | None = None
     spacing: list[float] | None = None
     orientation: str = "RAS"
     intensity_window: list[float] | None = None
     crop_foreground: bool = True
-    patch_size: list[int] = field(default_factory=lambda: [96, 96, 96])
     samples_per_volume: int = 2
     pos_fraction: float = 0.67
     val_fraction: float = 0.2
@@ -71,17 +75,25 @@ class ModelConfig:
     encoder initialises Swin UNETR at the start of training.
     """
 
-    strategy: str = "patch"
+    strategy: Literal["patch", "slice2d", "lowres"] = "patch"
     network: str = "unet"
     channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])
     strides: list[int] = field(default_factory=lambda: [2, 2, 2, 2])
     num_res_units: int = 2
     norm: str = "instance"
     dropout: float = 0.0
-    size: str = "small"
+    size: Literal["tiny", "small", "base"] = "small"
     use_v2: bool = False
     gradient_checkpointing: bool = False
     pretrained: str | None = None
+
+
+@dataclass
+class PatchConfig:
+    """The ``patch`` strategy: sub-volumes of ``patch_size`` voxels at native resolution for training
+    (foreground-biased by ``data.pos_fraction``), gaussian-blended sliding windows to predict."""
+
+    patch_size: list[int] = field(default_factory=lambda: [96, 96, 96])
 
 
 @dataclass
@@ -90,6 +102,7 @@ class Slice2DConfig:
 
     ``axes`` are array axes after reorientation to RAS: 0 sagittal, 1 coronal, 2 axial slices.
     ``context_slices`` k gives 2.5D input (the slice and k neighbours on each side as channels).
+    ``patch_size`` is the in-plane size of the training crops and inference windows.
     ``fusion`` is ``mean`` (of probabilities), ``majority`` (vote of the axes) or ``single``
     (``fusion_axis`` alone). ``refine_rounds`` > 0 turns on coarse-to-fine: predict again inside the
     bounding box of the last prediction plus ``refine_margin`` voxels until two rounds agree with
@@ -100,7 +113,7 @@ class Slice2DConfig:
     shared_model: bool = False
     context_slices: int = 0
     patch_size: list[int] = field(default_factory=lambda: [128, 128])
-    fusion: str = "mean"
+    fusion: Literal["mean", "majority", "single"] = "mean"
     fusion_axis: int = 2
     refine_rounds: int = 0
     refine_margin: int = 8
@@ -122,18 +135,22 @@ class LowresConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation and the training loop. ``freeze_encoder_epochs`` and ``encoder_lr_scale`` apply to a
-    pretrained Swin UNETR encoder: frozen for the first epochs, then at a fraction of the learning rate."""
+    """Optimisation and the training loop, for every command that trains.
+
+    A run ends after ``max_epochs`` epochs of ``iterations_per_epoch`` batches (one pass over the
+    training set when unset), or at the end of the epoch that crosses ``max_minutes``.
+    ``freeze_encoder_epochs`` and ``encoder_lr_scale`` apply to a network's pretrainable encoder:
+    frozen for the first epochs, then at a fraction of the learning rate."""
 
     max_epochs: int = 100
     max_minutes: float | None = None
     iterations_per_epoch: int | None = None
     batch_size: int = 2
-    optimizer: str = "adamw"
+    optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = 1e-3
     weight_decay: float = 1e-5
     momentum: float = 0.99
-    scheduler: str = "poly"
+    scheduler: Literal["poly", "cosine", "constant"] = "poly"
     warmup_epochs: int = 0
     loss: str = "dice_ce"
     grad_accumulation: int = 1
@@ -153,8 +170,8 @@ class InferConfig:
 
     overlap: float = 0.5
     sw_batch_size: int = 4
-    blend: str = "gaussian"
-    stitch_device: str = "auto"
+    blend: Literal["gaussian", "constant"] = "gaussian"
+    stitch_device: Literal["auto", "cpu", "cuda"] = "auto"
     mirror_axes: list[int] = field(default_factory=list)
 
 
@@ -162,12 +179,13 @@ class InferConfig:
 class PretrainConfig:
     """Self-supervised pretraining of the Swin UNETR encoder (``medseg pretrain``; Tang et al. 2022).
 
-    Three proxy tasks on random sub-volumes of ``data.patch_size``: rotation prediction (0/90/180/270
+    Three proxy tasks on random sub-volumes of ``patch_size``: rotation prediction (0/90/180/270
     degrees in the axial plane, cross-entropy), contrastive coding of two augmented views (NT-Xent at
     ``temperature``) and masked-volume inpainting (L1 on the dropped cubes: ``mask_fraction`` of the
     cubes of side ``mask_block`` voxels are replaced by noise). The total loss weighs them.
     """
 
+    patch_size: list[int] = field(default_factory=lambda: [64, 64, 64])
     rotation_weight: float = 1.0
     contrastive_weight: float = 1.0
     inpainting_weight: float = 1.0
@@ -179,8 +197,8 @@ class PretrainConfig:
 
 @dataclass
 class Compare2DConfig:
-    """``medseg compare``: 2D models trained on the same axial slices with the same budget, then scored
-    on the same validation slices.
+    """``medseg compare``: 2D models trained on the same axial slices with the same ``train`` budget,
+    then scored on the same validation slices.
 
     ``groups`` merges dataset classes: each entry is the new class name, then the classes it merges
     (``[Parotid, RightParotid, LeftParotid]``); each source class keeps its own instances.
@@ -191,7 +209,7 @@ class Compare2DConfig:
     regions under ``stuff_area_limit`` pixels; instance masks are binarised at ``mask_threshold``.
     ``anchor_sizes`` (pixels, one per FPN level) suit objects at the slice's own resolution;
     ``detections_per_image`` caps Mask R-CNN's output (and so the detections mask AP sees).
-    Each model trains for ``max_minutes`` and/or ``max_steps``, whichever ends first;
+    ``slice_size`` is the in-plane size every slice is padded or cropped to;
     ``val_slices_per_case`` evenly spaced axial slices of each validation case are scored.
     """
 
@@ -199,9 +217,6 @@ class Compare2DConfig:
     groups: list[list[str]] = field(default_factory=list)
     stuff_classes: list[str] = field(default_factory=list)
     slice_size: list[int] = field(default_factory=lambda: [128, 128])
-    batch_size: int = 8
-    max_minutes: float | None = 5.0
-    max_steps: int | None = None
     val_slices_per_case: int = 10
     examples: int = 4
     score_threshold: float = 0.5
@@ -213,28 +228,63 @@ class Compare2DConfig:
     maskrcnn_v2: bool = False
 
 
+Command = Literal["train", "pretrain", "compare"]
+
+
 @dataclass
 class Config:
-    """The whole run: ``name`` labels the run folder; the sections hold everything else."""
+    """The whole run: ``name`` labels the run folder, ``command`` says which command it is for (and so
+    which sections it reads and saves); the sections hold everything else."""
 
     name: str = "run"
+    command: Command = "train"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     infer: InferConfig = field(default_factory=InferConfig)
+    patch: PatchConfig = field(default_factory=PatchConfig)
     slice2d: Slice2DConfig = field(default_factory=Slice2DConfig)
     lowres: LowresConfig = field(default_factory=LowresConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     compare: Compare2DConfig = field(default_factory=Compare2DConfig)
 
 
+STRATEGY_SECTIONS = ("patch", "slice2d", "lowres")
+COMMAND_SECTIONS: dict[str, tuple[str, ...]] = {
+    "train": ("data", "model", "train", "infer", *STRATEGY_SECTIONS),
+    "pretrain": ("data", "model", "train", "pretrain"),
+    "compare": ("data", "model", "train", "compare"),
+}
+# Keys that were renamed: a file that still uses one gets told the new name.
+MOVED_KEYS = {
+    "data.patch_size": "patch.patch_size (the patch strategy) or pretrain.patch_size",
+    "compare.batch_size": "train.batch_size",
+    "compare.max_minutes": "train.max_minutes",
+    "compare.max_steps": "train.max_epochs and train.iterations_per_epoch",
+}
+
+
+def saved_sections(config: Config) -> tuple[str, ...]:
+    """The sections a run of ``config.command`` uses; ``train`` keeps only its own strategy's section."""
+    sections = COMMAND_SECTIONS[config.command]
+    if config.command == "train":
+        sections = tuple(s for s in sections if s not in STRATEGY_SECTIONS or s == config.model.strategy)
+    return sections
+
+
 def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " or ".join(map(str, typing.get_args(tp)))
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp``; ints are accepted where floats are expected."""
     origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value in typing.get_args(tp) and isinstance(value, str):
+            return value
+        raise MedsegError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -259,11 +309,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise MedsegError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
 
 
-def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
+def _apply(obj: Any, values: dict[str, Any], sections: Sequence[str], prefix: str = "") -> None:
     hints = typing.get_type_hints(type(obj))
-    names = [f.name for f in dataclasses.fields(obj)]
+    names = [f.name for f in dataclasses.fields(obj) if prefix or f.name in ("name", "command", *sections)]
     for key, value in values.items():
         full = f"{prefix}{key}"
+        if full in MOVED_KEYS:
+            raise MedsegError(f"config key '{full}' is now {MOVED_KEYS[full]}")
         if key not in names:
             where = f"in '{prefix[:-1]}'" if prefix else "at the top level"
             raise MedsegError(f"unknown config key '{full}'; valid keys {where}: {', '.join(names)}")
@@ -271,7 +323,7 @@ def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise MedsegError(f"config key '{full}': expected a section (mapping), got {value!r}")
-            _apply(current, value, f"{full}.")
+            _apply(current, value, sections, f"{full}.")
         else:
             setattr(obj, key, _coerce(value, hints[key], full))
 
@@ -297,43 +349,187 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return nested
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the YAML file, then the dotted overrides; every value is type-checked."""
-    config = Config()
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise MedsegError(f"{path}: config file not found")
+def _build(command: str, layers: list[tuple[dict[str, Any], str]]) -> Config:
+    """Defaults, then each layer of values in turn (errors prefixed with the layer's source), then the
+    value checks. A layer naming another command is refused: its sections would go unread."""
+    config = Config(command=command)  # type: ignore[arg-type]
+    sections = COMMAND_SECTIONS[command]
+    for values, source in layers:
+        declared = values.get("command", command)
+        if declared != command:
+            raise MedsegError(f"{source}: this is a config for 'medseg {declared}', not 'medseg {command}'")
         try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark else ""
-            raise MedsegError(f"{path}: invalid YAML{where}") from None
-        if not isinstance(values, dict):
-            raise MedsegError(f"{path}: expected a mapping of config sections at the top level")
-        try:
-            _apply(config, values)
+            _apply(config, values, sections)
         except MedsegError as exc:
-            raise MedsegError(f"{path}: {exc}") from None
-    _apply(config, parse_overrides(overrides or []))
+            raise MedsegError(f"{source}: {exc}" if source else str(exc)) from None
+    check_values(config)
     return config
+
+
+def read_yaml_config(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML config file (``yaml.safe_load``: no code from the file runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MedsegError(f"{path}: config file not found")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise MedsegError(f"{path}: invalid YAML{where}") from None
+    if not isinstance(values, dict):
+        raise MedsegError(f"{path}: expected a mapping of config sections at the top level")
+    return values
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, command: str = "train") -> Config:
+    """Defaults, then the YAML file, then the dotted overrides, for ``command``: every value is
+    type-checked and range-checked, and only that command's sections are accepted."""
+    layers = [(read_yaml_config(path), str(path))] if path is not None else []
+    return _build(command, [*layers, (parse_overrides(overrides or []), "")])
 
 
 def config_from_dict(values: dict[str, Any], overrides: list[str] | None = None) -> Config:
     """Rebuild a config saved in a run folder or checkpoint, then apply dotted overrides."""
-    config = Config()
-    _apply(config, values)
-    _apply(config, parse_overrides(overrides or []))
-    return config
+    command = values.get("command", "train")
+    if command not in COMMAND_SECTIONS:
+        raise MedsegError(f"saved config: unknown command {command!r}")
+    return _build(command, [(values, ""), (parse_overrides(overrides or []), "")])
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:
-    return dataclasses.asdict(config)
+    """The name, the command and the sections that command uses, as plain values."""
+    values = {"name": config.name, "command": config.command}
+    return values | {section: dataclasses.asdict(getattr(config, section)) for section in saved_sections(config)}
 
 
 def save_config(config: Config, path: str | Path) -> None:
     from medseg.io import atomic_output
 
     with atomic_output(path) as tmp:
-        tmp.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+        tmp.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False), encoding="utf-8")
+
+
+# -- value checks: one place for every range a key must respect ------------------------------------------
+
+
+def _require(ok: bool, key: str, expected: str, value: Any) -> None:
+    if not ok:
+        raise MedsegError(f"config key '{key}': expected {expected}, got {value!r}")
+
+
+def _sizes(key: str, value: list[int], count: int) -> None:
+    _require(len(value) == count and min(value, default=0) >= 1, key, f"{count} positive sizes", value)
+
+
+def _check_data(d: DataConfig) -> None:
+    _require(0.0 < d.val_fraction < 1.0, "data.val_fraction", "a fraction between 0 and 1", d.val_fraction)
+    _require(0.0 < d.train_fraction <= 1.0, "data.train_fraction", "a fraction in (0, 1]", d.train_fraction)
+    _require(d.num_folds == 0 or d.num_folds >= 2, "data.num_folds", "0 (no folds) or at least 2", d.num_folds)
+    _require(d.num_folds == 0 or 0 <= d.fold < d.num_folds, "data.fold", f"a fold in 0..{d.num_folds - 1}", d.fold)
+    _require(d.samples_per_volume >= 1, "data.samples_per_volume", "at least 1", d.samples_per_volume)
+    _require(0.0 <= d.pos_fraction <= 1.0, "data.pos_fraction", "a fraction between 0 and 1", d.pos_fraction)
+    _require(d.max_cases is None or d.max_cases >= 2, "data.max_cases", "at least 2 cases", d.max_cases)
+    _require(d.num_workers >= 0, "data.num_workers", "0 or more", d.num_workers)
+    if d.spacing is not None:
+        _require(len(d.spacing) == 3 and min(d.spacing) > 0, "data.spacing", "three positive sizes in mm", d.spacing)
+    if d.intensity_window is not None:
+        w = d.intensity_window
+        _require(len(w) == 2 and w[0] < w[1], "data.intensity_window", "[low, high] with low < high", w)
+    _require(all(a in (0, 1, 2) for a in d.augment.flip_axes), "data.augment.flip_axes", "axes among 0, 1, 2",
+             d.augment.flip_axes)
+
+
+def _check_model(m: ModelConfig) -> None:
+    _require(len(m.channels) == len(m.strides) + 1, "model.channels",
+             f"one more entry than model.strides ({len(m.strides)})", m.channels)
+    _require(min(m.strides, default=1) >= 1, "model.strides", "positive strides", m.strides)
+    _require(0.0 <= m.dropout < 1.0, "model.dropout", "a probability in [0, 1)", m.dropout)
+    _require(m.num_res_units >= 0, "model.num_res_units", "0 or more", m.num_res_units)
+
+
+def _check_train(t: TrainConfig) -> None:
+    _require(t.max_epochs >= 0, "train.max_epochs", "0 (load weights, train nothing) or more", t.max_epochs)
+    _require(t.max_minutes is None or t.max_minutes > 0, "train.max_minutes", "a positive budget or null",
+             t.max_minutes)
+    _require(t.iterations_per_epoch is None or t.iterations_per_epoch >= 1, "train.iterations_per_epoch",
+             "at least 1 or null", t.iterations_per_epoch)
+    _require(t.batch_size >= 1, "train.batch_size", "at least 1", t.batch_size)
+    _require(t.lr > 0, "train.lr", "a positive learning rate", t.lr)
+    _require(t.weight_decay >= 0, "train.weight_decay", "0 or more", t.weight_decay)
+    _require(t.warmup_epochs >= 0, "train.warmup_epochs", "0 or more", t.warmup_epochs)
+    _require(t.grad_accumulation >= 1, "train.grad_accumulation", "at least 1", t.grad_accumulation)
+    _require(t.grad_clip is None or t.grad_clip > 0, "train.grad_clip", "a positive norm or null", t.grad_clip)
+    _require(t.val_every >= 1, "train.val_every", "at least 1", t.val_every)
+    _require(t.freeze_encoder_epochs >= 0, "train.freeze_encoder_epochs", "0 or more", t.freeze_encoder_epochs)
+    _require(t.encoder_lr_scale > 0, "train.encoder_lr_scale", "a positive factor", t.encoder_lr_scale)
+
+
+def _check_infer(i: InferConfig) -> None:
+    _require(0.0 <= i.overlap < 1.0, "infer.overlap", "a fraction in [0, 1)", i.overlap)
+    _require(i.sw_batch_size >= 1, "infer.sw_batch_size", "at least 1", i.sw_batch_size)
+    _require(all(a in (0, 1, 2) for a in i.mirror_axes), "infer.mirror_axes", "axes among 0, 1, 2", i.mirror_axes)
+
+
+def _check_slice2d(s: Slice2DConfig) -> None:
+    _require(bool(s.axes) and len(set(s.axes)) == len(s.axes) and all(a in (0, 1, 2) for a in s.axes),
+             "slice2d.axes", "distinct axes among 0, 1, 2", s.axes)
+    _require(s.fusion != "single" or s.fusion_axis in s.axes, "slice2d.fusion_axis", f"one of slice2d.axes {s.axes}",
+             s.fusion_axis)
+    _sizes("slice2d.patch_size", s.patch_size, 2)
+    _require(s.context_slices >= 0, "slice2d.context_slices", "0 or more", s.context_slices)
+    _require(s.refine_rounds >= 0 and s.refine_margin >= 0, "slice2d.refine_rounds/refine_margin", "0 or more",
+             [s.refine_rounds, s.refine_margin])
+    _require(0.0 <= s.refine_stop_dice <= 1.0, "slice2d.refine_stop_dice", "a Dice between 0 and 1", s.refine_stop_dice)
+
+
+def _check_pretrain(p: PretrainConfig) -> None:
+    size, block = p.patch_size, p.mask_block
+    _sizes("pretrain.patch_size", size, 3)
+    _require(size[0] == size[1], "pretrain.patch_size",
+             "equal first two sides (views are rotated in the axial plane)", size)
+    _require(block >= 1 and not any(s % block for s in size), "pretrain.mask_block",
+             f"a cube side that divides every side of pretrain.patch_size {size}", block)
+    _require(0.0 < p.mask_fraction < 1.0, "pretrain.mask_fraction", "a fraction between 0 and 1", p.mask_fraction)
+    _require(p.temperature > 0, "pretrain.temperature", "a positive temperature", p.temperature)
+    weights = [p.rotation_weight, p.contrastive_weight, p.inpainting_weight]
+    _require(min(weights) >= 0 and sum(weights) > 0, "pretrain.*_weight", "non-negative weights, not all 0", weights)
+
+
+FPN_SIZE_MULTIPLE = 32  # the coarsest FPN level of the 2D detectors
+
+
+def _check_compare(c: Compare2DConfig, model: ModelConfig) -> None:
+    _require(bool(c.models) and len(set(c.models)) == len(c.models), "compare.models", "distinct model names",
+             c.models)
+    _sizes("compare.slice_size", c.slice_size, 2)
+    multiple = math.lcm(FPN_SIZE_MULTIPLE, math.prod(model.strides))  # U-Nets need their stride product too
+    _require(not any(s % multiple for s in c.slice_size), "compare.slice_size",
+             f"two sides divisible by {multiple}", c.slice_size)
+    levels = len(Compare2DConfig().anchor_sizes)
+    _require(len(c.anchor_sizes) == levels and min(c.anchor_sizes) >= 1, "compare.anchor_sizes",
+             f"{levels} positive sizes (one per FPN level)", c.anchor_sizes)
+    _require(c.val_slices_per_case >= 1, "compare.val_slices_per_case", "at least 1", c.val_slices_per_case)
+    _require(c.detections_per_image >= 1, "compare.detections_per_image", "at least 1", c.detections_per_image)
+    for key in ("score_threshold", "overlap_threshold", "mask_threshold"):
+        _require(0.0 <= getattr(c, key) <= 1.0, f"compare.{key}", "a value between 0 and 1", getattr(c, key))
+    _require(c.stuff_area_limit >= 0, "compare.stuff_area_limit", "0 or more pixels", c.stuff_area_limit)
+    _require(c.examples >= 0, "compare.examples", "0 or more", c.examples)
+
+
+def check_values(config: Config) -> None:
+    """Every range check of the sections ``config.command`` uses; the first problem as one line."""
+    _check_data(config.data)
+    _check_model(config.model)
+    _check_train(config.train)
+    if config.command == "train":
+        _check_infer(config.infer)
+        _sizes("patch.patch_size", config.patch.patch_size, 3)
+        _check_slice2d(config.slice2d)
+        _sizes("lowres.grid_size", config.lowres.grid_size, 3)
+        _require(config.lowres.refine_margin_mm >= 0, "lowres.refine_margin_mm", "0 or more",
+                 config.lowres.refine_margin_mm)
+    elif config.command == "pretrain":
+        _check_pretrain(config.pretrain)
+    else:
+        _check_compare(config.compare, config.model)

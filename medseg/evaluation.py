@@ -63,7 +63,9 @@ def _listing(names: list[str]) -> str:
     return shown if len(names) <= _MAX_LISTED else f"{shown} and {len(names) - _MAX_LISTED} more"
 
 
-def _match_cases(pred: dict[str, Path], gt: dict[str, Path], pred_dir: Path) -> tuple[list[tuple[str, Path, Path]], int]:
+def _match_cases(
+    pred: dict[str, Path], gt: dict[str, Path], pred_dir: Path
+) -> tuple[list[tuple[str, Path, Path]], int]:
     """(case, prediction, ground truth) for every ground-truth case, and the number of unused predictions."""
     leftover = {key: path for key, path in pred.items() if key not in gt}
     by_case_id: dict[str, list[str]] = {}
@@ -187,59 +189,83 @@ def evaluate_cases(
     """Score explicit (case, prediction file, ground-truth file) triples; see :func:`evaluate_folders`."""
     output_json = Path(output_json) if output_json is not None else None
     names = _normalise_class_names(class_names) if class_names is not None else None
-    seen: set[int] = set()
-    # case -> {label: {metric: value}} for the labels present in that case; absent labels are NaN later.
-    case_values: list[tuple[str, dict[int, dict[str, float]]]] = []
-    present_in_gt: dict[int, int] = {}
-
-    for case, pred_path, gt_path in matched:
-        target, spacing, gt_labels = _read_labels(gt_path)
-        pred, _, pred_labels = _read_labels(pred_path)
-        if pred.shape != target.shape:
-            raise MedsegError(
-                f"{pred_path}: shape {tuple(pred.shape)} differs from ground truth {gt_path} shape {tuple(target.shape)}"
-            )
-        if names is not None:
-            for path, labels in ((pred_path, pred_labels), (gt_path, gt_labels)):
-                unknown = [int(v) for v in labels if v != 0 and int(v) not in names]
-                if unknown:
-                    raise MedsegError(
-                        f"{path}: label value(s) {', '.join(map(str, unknown))} not among the classes "
-                        f"({', '.join(f'{k}={v}' for k, v in names.items())})"
-                    )
-        labels = sorted(({int(v) for v in pred_labels} | {int(v) for v in gt_labels}) - {0})
-        seen.update(labels)
-        for v in gt_labels:
-            if v != 0:
-                present_in_gt[int(v)] = present_in_gt.get(int(v), 0) + 1
-        values: dict[int, dict[str, float]] = {}
-        if labels:
-            metrics = segmentation_metrics(pred, target, max(labels) + 1, spacing=spacing, include_hd95=include_hd95)
-            values = {v: {m: float(metrics[m][v - 1]) for m in metrics} for v in labels}
-        case_values.append((case, values))
-        del pred, target  # one case in memory at a time
-
+    scores = [_score_case(case, pred_path, gt_path, names, include_hd95) for case, pred_path, gt_path in matched]
     if names is None:
-        names = {v: f"class_{v}" for v in sorted(seen)}
-    row_metrics = [m for m in _ROW_METRICS if include_hd95 or m != "hd95"]
+        names = {label: f"class_{label}" for label in sorted({label for s in scores for label in s.values})}
+    result = _aggregate(scores, names, include_hd95, unmatched)
+    if output_json is not None:
+        _write_outputs(result, output_json)
+    return result
 
+
+@dataclass
+class _CaseScores:
+    """What one case contributes to the aggregate: numbers only, so its label maps can be freed at once."""
+
+    case: str
+    values: dict[int, dict[str, float]]  # label -> metric -> value, for the labels on either side only
+    gt_labels: set[int]  # foreground labels of the ground truth, for each class's ``num_present``
+
+
+def _read_pair(
+    pred_path: Path, gt_path: Path, names: dict[int, str] | None
+) -> tuple[np.ndarray, np.ndarray, tuple[float, ...], np.ndarray, np.ndarray]:
+    """Prediction, ground truth, spacing, and the labels of each, after checking the two can be compared.
+
+    A shape mismatch or a label value outside ``names`` would give meaningless scores, so it is an error
+    naming the offending file.
+    """
+    target, spacing, gt_labels = _read_labels(gt_path)
+    pred, _, pred_labels = _read_labels(pred_path)
+    if pred.shape != target.shape:
+        raise MedsegError(
+            f"{pred_path}: shape {tuple(pred.shape)} differs from ground truth {gt_path} shape {tuple(target.shape)}"
+        )
+    if names is not None:
+        for path, labels in ((pred_path, pred_labels), (gt_path, gt_labels)):
+            unknown = [int(v) for v in labels if v != 0 and int(v) not in names]
+            if unknown:
+                raise MedsegError(
+                    f"{path}: label value(s) {', '.join(map(str, unknown))} not among the classes "
+                    f"({', '.join(f'{k}={v}' for k, v in names.items())})"
+                )
+    return pred, target, spacing, pred_labels, gt_labels
+
+
+def _score_case(
+    case: str, pred_path: Path, gt_path: Path, names: dict[int, str] | None, include_hd95: bool
+) -> _CaseScores:
+    """Metrics of every foreground label present in the prediction or the ground truth of one case.
+
+    The label maps live only inside this call, so however many cases there are, one case's arrays are
+    in memory at a time. Labels absent from both sides are left out here and become NaN in the aggregate.
+    """
+    pred, target, spacing, pred_labels, gt_labels = _read_pair(pred_path, gt_path, names)
+    labels = sorted(({int(v) for v in pred_labels} | {int(v) for v in gt_labels}) - {0})
+    values: dict[int, dict[str, float]] = {}
+    if labels:
+        metrics = segmentation_metrics(pred, target, max(labels) + 1, spacing=spacing, include_hd95=include_hd95)
+        values = {v: {m: float(metrics[m][v - 1]) for m in metrics} for v in labels}
+    return _CaseScores(case, values, {int(v) for v in gt_labels if v != 0})
+
+
+def _aggregate(
+    scores: list[_CaseScores], names: dict[int, str], include_hd95: bool, unmatched: int
+) -> EvaluationResult:
+    """Per-case rows, per-class means and the summary, with every class of ``names`` in each.
+
+    Classes a case lacks on both sides are NaN in its row and skipped by the means, so a class is averaged
+    only over the cases where it could be scored.
+    """
+    row_metrics = [m for m in _ROW_METRICS if include_hd95 or m != "hd95"]
     rows = []
-    for case, values in case_values:
-        row: dict = {"case": case}
+    for s in scores:
+        row: dict = {"case": s.case}
         for metric in row_metrics:
             for label, name in names.items():
-                row[f"{metric}_{name}"] = _round(values.get(label, {}).get(metric, math.nan))
+                row[f"{metric}_{name}"] = _round(s.values.get(label, {}).get(metric, math.nan))
         rows.append(row)
-
-    per_class = {}
-    for label, name in names.items():
-        entry = {}
-        for metric in _ROW_METRICS:
-            column = [values.get(label, {}).get(metric, math.nan) for _, values in case_values]
-            entry[metric] = _round(_mean(column)) if include_hd95 or metric != "hd95" else math.nan
-        entry["num_present"] = present_in_gt.get(label, 0)
-        per_class[name] = entry
-
+    per_class = {name: _class_means(scores, label, include_hd95) for label, name in names.items()}
     summary = {
         "mean_dice": _round(_mean([e["dice"] for e in per_class.values()])),
         "mean_hd95": _round(_mean([e["hd95"] for e in per_class.values()])),
@@ -248,10 +274,20 @@ def evaluate_cases(
         "per_class": per_class,
         "cases": rows,
     }
-    result = EvaluationResult(class_names=dict(names), per_case=rows, summary=summary)
-    if output_json is not None:
-        _write_outputs(result, output_json)
-    return result
+    return EvaluationResult(class_names=dict(names), per_case=rows, summary=summary)
+
+
+def _class_means(scores: list[_CaseScores], label: int, include_hd95: bool) -> dict:
+    """Mean of each metric over the cases that score ``label``, and how many ground truths hold it.
+
+    HD95 is NaN when not computed rather than missing, so the summary has the same keys either way.
+    """
+    entry = {}
+    for metric in _ROW_METRICS:
+        column = [s.values.get(label, {}).get(metric, math.nan) for s in scores]
+        entry[metric] = _round(_mean(column)) if include_hd95 or metric != "hd95" else math.nan
+    entry["num_present"] = sum(label in s.gt_labels for s in scores)
+    return entry
 
 
 def _json_safe(value):
@@ -267,16 +303,16 @@ def _json_safe(value):
 
 
 def _write_outputs(result: EvaluationResult, output_json: Path) -> None:
+    """Summary as JSON and per-case rows as CSV beside it, each atomic so a reader never sees half a file."""
     text = json.dumps(_json_safe(result.summary), indent=2, allow_nan=False)
     with atomic_output(output_json) as tmp:
         tmp.write_text(text + "\n", encoding="utf-8")
     columns = list(result.per_case[0]) if result.per_case else ["case"]
-    with atomic_output(output_json.with_suffix(".csv")) as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns)
-            writer.writeheader()
-            for row in result.per_case:
-                writer.writerow({k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()})
+    with atomic_output(output_json.with_suffix(".csv")) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in result.per_case:
+            writer.writerow({k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()})
 
 
 def _fmt(value: float, digits: int) -> str:

@@ -35,7 +35,8 @@ class Volume:
 
     @property
     def spacing(self) -> tuple[float, float, float]:
-        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+        x, y, z = (float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+        return x, y, z
 
 
 def is_image_path(path: Path) -> bool:
@@ -87,7 +88,7 @@ def _read_sitk(path: Path) -> sitk.Image:
     return sitk.ReadImage(str(path))
 
 
-def _require_3d(path: Path, shape: tuple[int, ...]) -> tuple[int, ...]:
+def _require_3d(path: Path, shape: tuple[int, ...]) -> tuple[int, int, int]:
     # Trailing singleton axes (x, y, z, 1) are common in NIfTI exports and harmless.
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
@@ -95,7 +96,15 @@ def _require_3d(path: Path, shape: tuple[int, ...]) -> tuple[int, ...]:
         raise MedsegError(f"{path}: expected a 3D image, got {len(shape)}D with shape {tuple(shape)}")
     if min(shape) < 1:
         raise MedsegError(f"{path}: image is empty (shape {tuple(shape)})")
-    return shape
+    return shape[0], shape[1], shape[2]
+
+
+def _load_nifti(path: Path) -> nib.Nifti1Pair:
+    """A NIfTI-1 or NIfTI-2 image (header and a proxy of the voxels; the voxels themselves are read lazily)."""
+    image = nib.load(str(path))
+    if not isinstance(image, nib.Nifti1Pair):  # Nifti1Image and Nifti2Image both derive from it
+        raise MedsegError(f"{path}: not a NIfTI image (nibabel read it as {type(image).__name__})")
+    return image
 
 
 @contextlib.contextmanager
@@ -116,8 +125,8 @@ def read_header(path: str | os.PathLike) -> tuple[tuple[int, int, int], np.ndarr
     path = Path(path)
     with _reading(path, "image header"):
         if _is_nifti(path):
-            image = nib.load(str(path))
-            shape, affine = tuple(int(s) for s in image.shape), np.asarray(image.affine, dtype=np.float64)
+            nifti = _load_nifti(path)
+            shape, affine = tuple(int(s) for s in nifti.shape), np.asarray(nifti.affine, dtype=np.float64)
         elif path.is_dir():
             image = _read_sitk(path)
             shape, affine = tuple(int(s) for s in image.GetSize()), _sitk_affine(image)
@@ -127,7 +136,9 @@ def read_header(path: str | os.PathLike) -> tuple[tuple[int, int, int], np.ndarr
             reader.ReadImageInformation()
             shape = tuple(int(s) for s in reader.GetSize())
             if reader.GetNumberOfComponents() != 1:
-                raise MedsegError(f"{path}: expected one value per voxel, got {reader.GetNumberOfComponents()} components")
+                raise MedsegError(
+                    f"{path}: expected one value per voxel, got {reader.GetNumberOfComponents()} components"
+                )
             affine = _sitk_affine(reader) if len(shape) == 3 else np.eye(4)
     return _require_3d(path, shape), affine
 
@@ -137,14 +148,16 @@ def read_volume(path: str | os.PathLike) -> Volume:
     path = Path(path)
     with _reading(path, "image"):
         if _is_nifti(path):
-            image = nib.load(str(path))
-            array = np.asanyarray(image.dataobj)
-            header = image.header
-            affine = np.asarray(image.affine, dtype=np.float64)
+            nifti = _load_nifti(path)
+            array = np.asanyarray(nifti.dataobj)
+            header: nib.Nifti1Header | None = nifti.header
+            affine = np.asarray(nifti.affine, dtype=np.float64)
         else:
             image = _read_sitk(path)
             if image.GetNumberOfComponentsPerPixel() != 1:
-                raise MedsegError(f"{path}: expected one value per voxel, got {image.GetNumberOfComponentsPerPixel()} components")
+                raise MedsegError(
+                    f"{path}: expected one value per voxel, got {image.GetNumberOfComponentsPerPixel()} components"
+                )
             array = sitk.GetArrayFromImage(image).transpose(*reversed(range(image.GetDimension())))
             header, affine = None, _sitk_affine(image) if image.GetDimension() == 3 else np.eye(4)
     shape = _require_3d(path, tuple(array.shape))
@@ -208,10 +221,10 @@ def write_volume(
                 image.header.set_sform(affine, code=1)
             nib.save(image, str(tmp))
         else:
-            image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
+            itk_image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
             lps = _LPS_TO_RAS @ affine
             spacing = np.linalg.norm(lps[:3, :3], axis=0)
-            image.SetSpacing(spacing.tolist())
-            image.SetDirection((lps[:3, :3] / spacing).flatten().tolist())
-            image.SetOrigin(lps[:3, 3].tolist())
-            sitk.WriteImage(image, str(tmp), useCompression=True)
+            itk_image.SetSpacing(spacing.tolist())
+            itk_image.SetDirection((lps[:3, :3] / spacing).flatten().tolist())
+            itk_image.SetOrigin(lps[:3, 3].tolist())
+            sitk.WriteImage(itk_image, str(tmp), useCompression=True)

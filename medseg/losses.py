@@ -32,4 +32,4 @@ LOSSES.register("ce")(CrossEntropy)
 
 
 def build_loss(name: str) -> nn.Module:
-    return LOSSES.get(name)()
+    return LOSSES.get(name, key="train.loss")()

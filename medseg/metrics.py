@@ -27,6 +27,8 @@ from monai.metrics import (
     get_confusion_matrix,
 )
 
+from medseg.regions import bounding_box
+
 METRIC_NAMES = ("dice", "iou", "precision", "recall", "hd95")
 
 # Label values above this are checked class by class instead of with one bincount (memory).
@@ -37,9 +39,8 @@ def _as_label_tensor(x: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
     t = x.detach() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
     if t.dtype == torch.bool:
         t = t.to(torch.uint8)
-    if t.is_floating_point():
-        if not torch.equal(t, torch.round(t)):
-            raise ValueError(f"{name}: label map holds non-integer values")
+    if t.is_floating_point() and not torch.equal(t, torch.round(t)):
+        raise ValueError(f"{name}: label map holds non-integer values")
     return t.to(torch.int64)
 
 
@@ -51,15 +52,18 @@ def _present_classes(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return torch.tensor([bool((flat == c).any()) for c in range(num_classes)], dtype=torch.bool)
 
 
-def _crop_to(mask: torch.Tensor) -> tuple[slice, ...]:
-    """Bounding box of ``mask`` with a one-voxel margin (clipped to the array)."""
-    box = []
-    for axis in range(mask.ndim):
-        other = tuple(d for d in range(mask.ndim) if d != axis)
-        idx = torch.nonzero(mask.any(dim=other) if other else mask).reshape(-1)
-        lo, hi = int(idx[0]), int(idx[-1])
-        box.append(slice(max(lo - 1, 0), min(hi + 2, mask.shape[axis])))
-    return tuple(box)
+def dice_from_counts(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> torch.Tensor:
+    """Dice 2TP / (2TP + FP + FN) from voxel counts (any shape); 0 where all three are 0. The one Dice
+    formula medseg uses outside MONAI's own (2D scoring, coarse-to-fine agreement)."""
+    denominator = 2 * tp + fp + fn
+    zero = torch.zeros_like(denominator, dtype=torch.float64)
+    return torch.where(denominator > 0, 2 * tp / denominator.clamp(min=1), zero)
+
+
+def binary_dice(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Dice of two boolean masks; 1 when both are empty (they agree)."""
+    tp, fp, fn = (torch.as_tensor(int(x.sum()), dtype=torch.float64) for x in (a & b, a & ~b, ~a & b))
+    return 1.0 if tp + fp + fn == 0 else float(dice_from_counts(tp, fp, fn))
 
 
 def segmentation_metrics(
@@ -110,7 +114,7 @@ def segmentation_metrics(
         if not (in_pred[c] or in_target[c]):
             continue  # absent from both: NaN everywhere
         p_mask, t_mask = pred_t == c, target_t == c
-        box = _crop_to(p_mask | t_mask)  # metrics only depend on the union's neighbourhood
+        box = bounding_box(p_mask | t_mask, margin=1)  # metrics only depend on the union's neighbourhood
         # MONAI wants one-hot [batch, channel, *spatial]; one binary channel per call keeps memory bounded.
         p = p_mask[box].to(torch.float32)[None, None]
         t = t_mask[box].to(torch.float32)[None, None]

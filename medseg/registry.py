@@ -26,9 +26,11 @@ class Registry(Generic[T]):
 
         return add
 
-    def get(self, name: str) -> T:
+    def get(self, name: str, key: str | None = None) -> T:
+        """The builder registered as ``name``; an unknown name is a user error naming the config ``key``."""
         if name not in self._items:
-            raise MedsegError(f"unknown {self.kind} '{name}'; valid names: {', '.join(sorted(self._items))}")
+            where = f"config key '{key}': " if key else ""
+            raise MedsegError(f"{where}unknown {self.kind} '{name}'; valid names: {', '.join(sorted(self._items))}")
         return self._items[name]
 
     def names(self) -> list[str]:

@@ -14,8 +14,15 @@ rotated grid) goes through ``grid_sample``.
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
+
+
+def softmax_(logits: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Softmax in place: whole-volume logits are the largest tensor of a prediction."""
+    logits.sub_(logits.amax(dim, keepdim=True)).exp_()
+    return logits.div_(logits.sum(dim, keepdim=True))
 
 
 def class_argmax(probabilities: torch.Tensor) -> torch.Tensor:
@@ -95,8 +102,8 @@ def _grid_sample_slabs(source: torch.Tensor, mapping: np.ndarray, dst_shape, sla
 @torch.inference_mode()
 def probabilities_to_grid(
     probabilities: torch.Tensor,
-    src_affine,
-    dst_affine,
+    src_affine: npt.ArrayLike,
+    dst_affine: npt.ArrayLike,
     dst_shape: tuple[int, int, int],
     keep_probabilities: bool = False,
     max_slab_voxels: int = 2**19,

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from medseg.cli import main
-
-from conftest import TINY, write_nifti
+from tests.helpers import TINY, write_nifti
 
 
 def _dataset(root, n=3, shape=(16, 16, 16)):
@@ -132,7 +131,7 @@ def test_train_infer_evaluate_round_trip(phantom_dir, tiny_run, tmp_path, capsys
                  "--dataset", str(phantom_dir), "-o", str(metrics)]) == 0
     out = capsys.readouterr().out
     assert "liver" in out and "kidney" in out and "spine" in out
-    summary = json.loads(metrics.read_text())
+    summary = json.loads(metrics.read_text(encoding="utf-8"))
     assert 0.0 <= summary["mean_dice"] <= 1.0
     assert set(summary["per_class"]) == {"liver", "kidney", "spine"}
     assert metrics.with_suffix(".csv").is_file()

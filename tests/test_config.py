@@ -1,6 +1,8 @@
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from medseg.config import config_from_dict, config_to_dict, load_config, parse_overrides
 from medseg.errors import MedsegError
@@ -55,6 +57,53 @@ def test_round_trip_through_dict():
 
 
 @pytest.mark.parametrize("path", PIPELINES, ids=[p.name for p in PIPELINES])
-def test_every_pipeline_loads(path):
-    config = load_config(path)
-    assert config.name == path.stem
+def test_every_pipeline_loads_for_the_command_it_declares(path):
+    command = yaml.safe_load(path.read_text(encoding="utf-8")).get("command", "train")
+    config = load_config(path, command=command)
+    assert config.name == path.stem and config.command == command
+    other = "train" if command != "train" else "compare"
+    with pytest.raises(MedsegError, match=f"not 'medseg {other}'" if command != "train" else "unknown config key"):
+        load_config(path, command=other) if command != "train" else load_config(path, ["compare.models=[fcn]"])
+
+
+def test_each_command_reads_only_its_own_sections():
+    with pytest.raises(MedsegError, match=r"unknown config key 'pretrain'.*valid keys at the top level: .*patch"):
+        load_config(None, ["pretrain.temperature=0.1"], command="train")
+    with pytest.raises(MedsegError, match=r"unknown config key 'infer'"):
+        load_config(None, ["infer.overlap=0.5"], command="compare")
+    assert load_config(None, ["pretrain.temperature=0.1"], command="pretrain").pretrain.temperature == 0.1
+
+
+@pytest.mark.parametrize("command, strategy, sections", [
+    ("train", "patch", ["data", "model", "train", "infer", "patch"]),
+    ("train", "lowres", ["data", "model", "train", "infer", "lowres"]),
+    ("pretrain", "patch", ["data", "model", "train", "pretrain"]),
+    ("compare", "patch", ["data", "model", "train", "compare"]),
+])
+def test_a_saved_config_holds_only_the_sections_its_run_used(command, strategy, sections):
+    config = load_config(None, [f"model.strategy={strategy}"], command=command)
+    saved = config_to_dict(config)
+    assert list(saved) == ["name", "command", *sections]
+    assert config_from_dict(saved) == config
+
+
+@pytest.mark.parametrize("override, words", [
+    ("data.patch_size=[32,32,32]", "now patch.patch_size"),
+    ("train.optimizer=adamx", "expected adamw or sgd"),
+    ("train.scheduler=step", "expected poly or cosine or constant"),
+    ("slice2d.fusion=vote", "expected mean or majority or single"),
+    ("data.val_fraction=1.5", "'data.val_fraction': expected a fraction between 0 and 1"),
+    ("patch.patch_size=[32,32]", "'patch.patch_size': expected 3 positive sizes"),
+    ("train.batch_size=0", "'train.batch_size': expected at least 1"),
+    ("infer.overlap=1.0", "'infer.overlap'"),
+    ("model.channels=[8,16,32]", "'model.channels': expected one more entry than model.strides"),
+])
+def test_bad_values_fail_at_load_time_naming_the_key(override, words):
+    with pytest.raises(MedsegError, match=re.escape(words)):
+        load_config(None, [override])
+
+
+def test_compare_keys_that_shadowed_train_are_gone():
+    for key, new in (("compare.batch_size=4", "train.batch_size"), ("compare.max_minutes=5", "train.max_minutes")):
+        with pytest.raises(MedsegError, match=re.escape(new)):
+            load_config(None, [key], command="compare")

@@ -22,17 +22,17 @@ def test_hadolint_passes():
 
 
 def test_installs_like_the_makefile_with_the_same_constraints():
-    text = DOCKERFILE.read_text()
-    makefile = (ROOT / "Makefile").read_text()
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
     assert "PIP_CONSTRAINT=constraints.txt" in text and "PIP_CONSTRAINT=constraints.txt" in makefile
     assert re.search(r"COPY constraints\.txt", text)
-    constraints = (ROOT / "constraints.txt").read_text()
+    constraints = (ROOT / "constraints.txt").read_text(encoding="utf-8")
     assert "torch==2.14.1" in constraints and "torchvision==0.29.1" in constraints
     assert "pip install" in text and "torch" not in text.split("pip install", 1)[1].split("\n")[0]
 
 
 def test_runs_as_non_root_with_medseg_entrypoint():
-    text = DOCKERFILE.read_text()
+    text = DOCKERFILE.read_text(encoding="utf-8")
     users = re.findall(r"^USER\s+(\S+)", text, flags=re.M)
     assert users and users[-1] not in ("root", "0")
     assert re.search(r'^ENTRYPOINT \["medseg"\]', text, flags=re.M)

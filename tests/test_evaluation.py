@@ -93,7 +93,7 @@ def test_json_and_csv_written(tmp_path):
     pred, gt = _cases(tmp_path)
     out = tmp_path / "results" / "nested" / "metrics.json"
     result = evaluate_folders(pred, gt, class_names=NAMES, output_json=out)
-    text = out.read_text()
+    text = out.read_text(encoding="utf-8")
     assert "NaN" not in text
     data = json.loads(text)
     assert data["mean_dice"] == pytest.approx(0.95)

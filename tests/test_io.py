@@ -7,8 +7,7 @@ import SimpleITK as sitk
 
 from medseg.errors import MedsegError
 from medseg.io import atomic_output, case_id, read_header, read_volume, write_volume
-
-from conftest import oblique_affine, write_dicom_series, write_nifti
+from tests.helpers import oblique_affine, write_dicom_series, write_nifti
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
@@ -68,10 +67,9 @@ def test_trailing_singleton_axis_is_accepted(tmp_path):
 
 def test_atomic_output_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "out.nii.gz"
-    with pytest.raises(RuntimeError):
-        with atomic_output(target) as tmp:
-            tmp.write_text("partial")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), atomic_output(target) as tmp:
+        tmp.write_text("partial")
+        raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
 
 

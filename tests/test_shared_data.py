@@ -5,14 +5,13 @@ import json
 import nibabel as nib
 import numpy as np
 
-from medseg.checks import check_dataset
 from medseg.config import load_config
+from medseg.data.checks import check_dataset
 from medseg.data.datasets import discover_dataset
 from medseg.data.planning import plan
 from medseg.inference import Predictor
-from medseg.training import train
-
-from conftest import TINY, shared_dataset
+from medseg.workflows.training import train
+from tests.helpers import TINY, shared_dataset
 
 PIPELINES = __import__("pathlib").Path(__file__).resolve().parents[1] / "pipelines"
 
@@ -35,10 +34,10 @@ def test_openkbp_planning_finds_ct_window_and_spacing():
 def test_short_hippocampus_run_evaluates_validation_cases_in_original_geometry(tmp_path):
     root = shared_dataset("hippocampus")
     run = train(PIPELINES / "hippocampus_patch.yaml", data_dir=root, output=tmp_path / "run", log=lambda _: None,
-                overrides=[*TINY, "data.patch_size=[32,32,32]", "data.spacing=[1.0,1.0,1.0]", "data.max_cases=8",
+                overrides=[*TINY, "patch.patch_size=[32,32,32]", "data.spacing=[1.0,1.0,1.0]", "data.max_cases=8",
                            "train.final_validation=true"])
-    summary = json.loads((run / "validation" / "metrics.json").read_text())
-    split = json.loads((run / "split.json").read_text())
+    summary = json.loads((run / "validation" / "metrics.json").read_text(encoding="utf-8"))
+    split = json.loads((run / "split.json").read_text(encoding="utf-8"))
     assert summary["num_cases"] == len(split["validation"]) == 2
     assert set(summary["per_class"]) == {"Anterior", "Posterior"}
     for case in split["validation"]:

@@ -32,7 +32,7 @@ class Dataset:
 
 def _read_json(path: Path) -> dict:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise MedsegError(f"{path}: cannot read dataset.json ({exc})") from None
     if not isinstance(data, dict):

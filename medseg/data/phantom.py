@@ -11,6 +11,7 @@ from being solvable by thresholding alone while a small 3D UNet still learns it 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -65,11 +66,12 @@ class _Scene:
 
     def block(self, center: np.ndarray | tuple[float, ...], reach: tuple[float, ...]) -> tuple[slice, slice, slice]:
         """Voxel slices covering ``center +- reach`` (mm, plus the warp bound) per axis, clipped to the array."""
-        return tuple(
+        x, y, z = (
             slice(int(np.searchsorted(a, lo)), int(np.searchsorted(a, hi, "right")))
             for a, c, r in zip(self.axes, center, reach)
             for lo, hi in [(c - r - _WARP_PEAK_MM, c + r + _WARP_PEAK_MM)]
         )
+        return x, y, z
 
     def coords(self, block: tuple[slice, slice, slice], axes: tuple[int, ...] = (0, 1, 2)) -> list[np.ndarray]:
         """Warped coordinates (mm) of the voxels in ``block``, for the requested axes only."""
@@ -82,7 +84,7 @@ class _Scene:
         return out
 
 
-def _rotation(degrees: tuple[float, float, float]) -> np.ndarray:
+def _rotation(degrees: tuple[float, float, float] | np.ndarray) -> np.ndarray:
     """Rotation matrix from angles about x, y and z (applied in that order); columns are the new axes."""
     ax, ay, az = np.deg2rad(degrees)
     rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
@@ -130,15 +132,214 @@ def _geometry(
         if value is not None and (len(value) != 3 or min(value) <= 0):
             raise ValueError(f"phantom {name} must be three positive numbers, got {value}")
     fov = np.array([rng.uniform(*_FOV_XY_MM)] * 2 + [rng.uniform(*_FOV_Z_MM)])
-    if shape is None and spacing is None:
-        inplane = rng.uniform(*_INPLANE_SPACING_MM)
-        spacing = (inplane, inplane, rng.uniform(*_SLICE_SPACING_MM))
-        fov[:2] = np.minimum(fov[:2], _MAX_INPLANE_VOXELS * inplane)
+    if spacing is None:
+        if shape is None:
+            inplane = rng.uniform(*_INPLANE_SPACING_MM)
+            spacing = (inplane, inplane, rng.uniform(*_SLICE_SPACING_MM))
+            fov[:2] = np.minimum(fov[:2], _MAX_INPLANE_VOXELS * inplane)
+        else:
+            spacing = tuple(fov / np.asarray(shape))
     if shape is None:
         shape = tuple(max(1, round(f / s)) for f, s in zip(fov, spacing))
-    elif spacing is None:
-        spacing = tuple(fov / np.asarray(shape))
-    return tuple(int(n) for n in shape), tuple(float(s) for s in spacing)
+    nx, ny, nz = (int(n) for n in shape)
+    sx, sy, sz = (float(s) for s in spacing)
+    return (nx, ny, nz), (sx, sy, sz)
+
+
+@dataclass(frozen=True)
+class _Hounsfield:
+    """Tissue intensities (HU) of one case, varied between cases as contrast timing and scanners vary them."""
+
+    soft: float
+    fat: float
+    liver: float
+    kidney: float
+    cancellous: float
+    cortical: float
+    disc: float
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator) -> _Hounsfield:
+        """Draw all intensities together, in one fixed order, so each case's random stream stays reproducible."""
+        soft, fat = rng.uniform(30, 42), rng.uniform(-115, -85)
+        liver, kidney = rng.uniform(60, 75), rng.uniform(150, 185)
+        cancellous, cortical, disc = rng.uniform(350, 450), rng.uniform(750, 900), rng.uniform(70, 100)
+        return cls(soft, fat, liver, kidney, cancellous, cortical, disc)
+
+
+@dataclass
+class _Canvas:
+    """The case being drawn: its scene, and the image and label every structure paints into in turn."""
+
+    scene: _Scene
+    image: np.ndarray
+    label: np.ndarray
+
+
+@dataclass
+class _Body:
+    """The trunk outline, kept because the organs are placed relative to it and clipped to its interior."""
+
+    radius_x: float  # semi-axes of the elliptic outline (mm)
+    radius_y: float
+    center_x: float
+    center_y: float
+    inside: np.ndarray  # inside the skin
+    interior: np.ndarray  # inside the subcutaneous fat: the only place organs may occupy
+
+
+@dataclass
+class _SpineAxis:
+    """Position and cross-section of the vertebral column, drawn before the organs that sit beside it."""
+
+    center: np.ndarray  # (x, y) in mm
+    radii: np.ndarray  # (x, y) in mm
+
+
+def _affine(rng: np.random.Generator, shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> np.ndarray:
+    """Axis-aligned RAS affine whose origin is shifted at random, as scanners place the field of view differently."""
+    affine = np.diag([*spacing, 1.0])
+    affine[:3, 3] = rng.uniform(-40, 40, 3) - (np.asarray(shape) - 1) / 2 * np.asarray(spacing)
+    return affine
+
+
+def _add_body(rng: np.random.Generator, canvas: _Canvas, hu: _Hounsfield) -> _Body:
+    """Elliptic cylinder of soft tissue with a subcutaneous fat layer under the skin.
+
+    Layers are placed by approximate depth under the skin in millimetres, so skin and fat keep their
+    thickness whatever the body's size and the voxel spacing.
+    """
+    a, b = rng.uniform(38, 43), rng.uniform(28, 34)
+    cx, cy = rng.uniform(-2, 2, 2).tolist()
+    skin, fat = rng.uniform(1.0, 2.0), rng.uniform(2.0, 4.0)
+    whole = (slice(None),) * 3
+    x, y = canvas.scene.coords(whole, axes=(0, 1))
+    x -= cx
+    x *= 1 / a
+    y -= cy
+    y *= 1 / b
+    depth = np.sqrt(x * x + y * y)  # normalised radius, turned into approximate depth under the skin (mm)
+    depth -= 1
+    depth *= -np.sqrt(a * b)
+    inside = depth > 0
+    interior = depth > skin + fat
+    canvas.image[inside] = hu.soft
+    canvas.image[inside & (depth > skin) & ~interior] = hu.fat
+    return _Body(a, b, cx, cy, inside, interior)
+
+
+def _add_liver(rng: np.random.Generator, canvas: _Canvas, body: _Body, hu: _Hounsfield) -> None:
+    """Union of a large right-sided ellipsoid, a left lobe crossing the midline and a random lump.
+
+    Three rotated ellipsoids give the liver an irregular outline that differs from case to case, so its
+    shape has to be learnt rather than matched to a template.
+    """
+    a, b, cx, cy = body.radius_x, body.radius_y, body.center_x, body.center_y
+    main_c = np.array([cx + rng.uniform(0.25, 0.35) * a, cy + rng.uniform(-0.05, 0.2) * b, rng.uniform(8, 22)])
+    main_r = np.array([rng.uniform(0.45, 0.55) * a, rng.uniform(0.55, 0.7) * b, rng.uniform(24, 32)])
+    left_c = main_c + [-rng.uniform(0.45, 0.6) * a, rng.uniform(0.15, 0.3) * b, rng.uniform(0, 10)]
+    left_r = np.array([0.3 * a, 0.35 * b, 15.0]) * rng.uniform(0.8, 1.2, 3)
+    lump_c, lump_r = main_c + rng.uniform(-8, 8, 3), main_r * rng.uniform(0.6, 0.8, 3)
+    scene = canvas.scene
+    for center, radii in ((main_c, main_r), (left_c, left_r), (lump_c, lump_r)):
+        block = scene.block(center, (radii.max(),) * 3)
+        q = _ellipsoid(scene.coords(block), center, radii, _rotation(rng.uniform(-12, 12, 3)))
+        inside = (q < 1) & body.interior[block]
+        canvas.image[block][inside] = hu.liver
+        canvas.label[block][inside] = 1
+
+
+def _place_spine(rng: np.random.Generator, body: _Body) -> _SpineAxis:
+    """Spine near the back of the body; placed on its own because the aorta and the kidneys are set beside it."""
+    radii = np.array([rng.uniform(8, 10), rng.uniform(7, 9)])
+    center = np.array(
+        [body.center_x + rng.uniform(-2, 2), body.center_y - body.radius_y + radii[1] + rng.uniform(6, 9)]
+    )
+    return _SpineAxis(center, radii)
+
+
+def _add_aorta(rng: np.random.Generator, canvas: _Canvas, body: _Body, spine: _SpineAxis) -> None:
+    """Tube left-anterior of the spine, enhancing like the kidneys but labelled background.
+
+    A bright structure that is not kidney means kidneys cannot be found by thresholding alone.
+    """
+    aorta_r = rng.uniform(4.0, 5.5)
+    aorta_c = spine.center + [-rng.uniform(2, 5), spine.radii[1] + aorta_r + rng.uniform(1, 3)]
+    block, rho, _ = _tube(canvas.scene, aorta_c, np.array([aorta_r, aorta_r]), rng.uniform(-0.05, 0.05, 2))
+    inside = (rho < 1) & body.interior[block]
+    canvas.image[block][inside] = rng.uniform(150, 200)
+    canvas.label[block][inside] = 0
+
+
+def _add_kidney(
+    rng: np.random.Generator, canvas: _Canvas, body: _Body, spine: _SpineAxis, hu: _Hounsfield, side: float
+) -> None:
+    """One kidney on ``side`` (-1: patient's left, +1: right, which sits lower) of the spine.
+
+    A rotated ellipsoid with a medial notch (renal sinus fat), wrapped in perirenal fat: the fat capsule
+    gives the kidney the contrast edge it has on real CT, and the notch its bean shape.
+    """
+    radii = np.array([rng.uniform(7, 9), rng.uniform(6, 7.5), rng.uniform(13, 17)])
+    center = np.array(
+        [
+            spine.center[0] + side * (spine.radii[0] + radii[0] + rng.uniform(2, 5)),
+            body.center_y + rng.uniform(-9, -5),
+            rng.uniform(-30, -12) - (side > 0) * rng.uniform(0, 6),
+        ]
+    )
+    rotation = _rotation((rng.uniform(-8, 8), rng.uniform(-8, 8), side * rng.uniform(10, 25)))
+    block = canvas.scene.block(center, (1.4 * radii.max(),) * 3)
+    coords = canvas.scene.coords(block)
+    q = _ellipsoid(coords, center, radii, rotation)
+    sinus_c = center + rotation[:, 0] * (-side * 0.9 * radii[0])
+    sinus = _ellipsoid(coords, sinus_c, radii * [0.45, 0.45, 0.4], rotation) < 1
+    capsule = (q < 1.35**2) & body.interior[block]
+    kidney = (q < 1) & ~sinus & capsule
+    canvas.image[block][capsule] = hu.fat
+    canvas.label[block][capsule] = 0
+    canvas.image[block][kidney] = hu.kidney
+    canvas.label[block][kidney] = 2
+
+
+def _add_spine(rng: np.random.Generator, canvas: _Canvas, body: _Body, spine: _SpineAxis, hu: _Hounsfield) -> None:
+    """Slightly tilted column of vertebral bodies (bright cortex and endplates) separated by discs (background).
+
+    A band of soft tissue around it first pushes back any liver, as paraspinal muscle does, so the liver
+    never touches bone.
+    """
+    period, disc, phase = rng.uniform(22, 28), rng.uniform(4, 6), rng.uniform(0, 28)
+    block, rho, z = _tube(canvas.scene, spine.center, spine.radii, rng.uniform(-0.06, 0.06, 2), margin=1.3)
+    image, label = canvas.image[block], canvas.label[block]
+    paraspinal = (rho < 1.3) & (label == 1)
+    image[paraspinal] = hu.soft
+    label[paraspinal] = 0
+    inside = (rho < 1) & body.interior[block]
+    level = np.mod(z - phase, period)  # position within one disc + vertebra unit, disc first
+    is_disc = level < disc
+    endplate = np.minimum(level - disc, period - level) < 1.0
+    rim = np.clip((rho - 0.7) / 0.25, 0, 1)
+    rim[endplate] = 1
+    bone = inside & ~is_disc
+    image[inside & is_disc] = hu.disc
+    image[bone] = hu.cancellous + (hu.cortical - hu.cancellous) * rim[bone]
+    label[bone] = 3
+
+
+def _add_texture(rng: np.random.Generator, canvas: _Canvas, body: _Body) -> None:
+    """Smooth intensity variation inside the body, as real tissue is not uniform: no single HU value marks an organ."""
+    texture = _SmoothField(rng, rng.uniform(6, 10), (15.0, 60.0))(*canvas.scene.axes)
+    np.add(canvas.image, texture, out=canvas.image, where=body.inside)
+
+
+def _blur_and_noise(rng: np.random.Generator, image: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    """Scanner blur (a width in mm, so alike at any spacing) then Gaussian noise, as a CT reconstruction shows.
+
+    The noise is drawn last because its number of draws depends on the shape.
+    """
+    blur_mm, noise_hu = rng.uniform(0.5, 0.9), np.float32(rng.uniform(10, 25))
+    image = ndimage.gaussian_filter(image, blur_mm / np.asarray(spacing), truncate=3.0)
+    image += rng.standard_normal(image.shape, dtype=np.float32) * noise_hu
+    return image
 
 
 def make_phantom_case(
@@ -153,109 +354,22 @@ def make_phantom_case(
     chosen to cover the usual field of view. Arrays are in (x, y, z) order like nibabel's.
     """
     shape, spacing = _geometry(rng, shape, spacing)
-    # Everything random is drawn before the noise, whose draw count depends on the shape, so the same
-    # generator state gives the same anatomy and position at any spacing.
-    affine = np.diag([*spacing, 1.0])
-    affine[:3, 3] = rng.uniform(-40, 40, 3) - (np.asarray(shape) - 1) / 2 * np.asarray(spacing)
-    scene = _Scene(rng, shape, spacing)
-    soft_hu, fat_hu = rng.uniform(30, 42), rng.uniform(-115, -85)
-    liver_hu, kidney_hu = rng.uniform(60, 75), rng.uniform(150, 185)
-    cancellous_hu, cortical_hu, disc_hu = rng.uniform(350, 450), rng.uniform(750, 900), rng.uniform(70, 100)
-    image = np.full(shape, _AIR_HU, np.float32)
-    label = np.zeros(shape, np.uint8)
-
-    # Body: elliptic cylinder with skin, then subcutaneous fat; organs live in the interior only.
-    a, b = rng.uniform(38, 43), rng.uniform(28, 34)
-    cx, cy = rng.uniform(-2, 2, 2).tolist()
-    skin, fat = rng.uniform(1.0, 2.0), rng.uniform(2.0, 4.0)
-    whole = (slice(None),) * 3
-    x, y = scene.coords(whole, axes=(0, 1))
-    x -= cx
-    x *= 1 / a
-    y -= cy
-    y *= 1 / b
-    depth = np.sqrt(x * x + y * y)  # normalised radius, turned into approximate depth under the skin (mm)
-    depth -= 1
-    depth *= -np.sqrt(a * b)
-    body = depth > 0
-    interior = depth > skin + fat
-    image[body] = soft_hu
-    image[body & (depth > skin) & ~interior] = fat_hu
-
-    # Liver: union of a large right-sided ellipsoid, a left lobe crossing the midline and a random lump.
-    main_c = np.array([cx + rng.uniform(0.25, 0.35) * a, cy + rng.uniform(-0.05, 0.2) * b, rng.uniform(8, 22)])
-    main_r = np.array([rng.uniform(0.45, 0.55) * a, rng.uniform(0.55, 0.7) * b, rng.uniform(24, 32)])
-    left_c = main_c + [-rng.uniform(0.45, 0.6) * a, rng.uniform(0.15, 0.3) * b, rng.uniform(0, 10)]
-    left_r = np.array([0.3 * a, 0.35 * b, 15.0]) * rng.uniform(0.8, 1.2, 3)
-    lump_c, lump_r = main_c + rng.uniform(-8, 8, 3), main_r * rng.uniform(0.6, 0.8, 3)
-    for center, radii in ((main_c, main_r), (left_c, left_r), (lump_c, lump_r)):
-        block = scene.block(center, (radii.max(),) * 3)
-        q = _ellipsoid(scene.coords(block), center, radii, _rotation(rng.uniform(-12, 12, 3)))
-        inside = (q < 1) & interior[block]
-        image[block][inside] = liver_hu
-        label[block][inside] = 1
-
-    # Spine geometry comes first because the aorta and the kidneys are placed beside it.
-    spine_r = np.array([rng.uniform(8, 10), rng.uniform(7, 9)])
-    spine_c = np.array([cx + rng.uniform(-2, 2), cy - b + spine_r[1] + rng.uniform(6, 9)])
-
-    # Aorta: left-anterior of the spine, enhancing like the kidneys but background, so kidneys cannot be
-    # found by thresholding alone.
-    aorta_r = rng.uniform(4.0, 5.5)
-    aorta_c = spine_c + [-rng.uniform(2, 5), spine_r[1] + aorta_r + rng.uniform(1, 3)]
-    block, rho, _ = _tube(scene, aorta_c, np.array([aorta_r, aorta_r]), rng.uniform(-0.05, 0.05, 2))
-    inside = (rho < 1) & interior[block]
-    image[block][inside] = rng.uniform(150, 200)
-    label[block][inside] = 0
-
-    # Kidneys: rotated ellipsoids with a medial notch (renal sinus fat), wrapped in perirenal fat.
-    for side in (-1.0, 1.0):  # RAS: -x is the patient's left, +x the right, whose kidney sits lower
-        radii = np.array([rng.uniform(7, 9), rng.uniform(6, 7.5), rng.uniform(13, 17)])
-        center = np.array(
-            [
-                spine_c[0] + side * (spine_r[0] + radii[0] + rng.uniform(2, 5)),
-                cy + rng.uniform(-9, -5),
-                rng.uniform(-30, -12) - (side > 0) * rng.uniform(0, 6),
-            ]
-        )
-        rotation = _rotation((rng.uniform(-8, 8), rng.uniform(-8, 8), side * rng.uniform(10, 25)))
-        block = scene.block(center, (1.4 * radii.max(),) * 3)
-        coords = scene.coords(block)
-        q = _ellipsoid(coords, center, radii, rotation)
-        sinus_c = center + rotation[:, 0] * (-side * 0.9 * radii[0])
-        sinus = _ellipsoid(coords, sinus_c, radii * [0.45, 0.45, 0.4], rotation) < 1
-        capsule = (q < 1.35**2) & interior[block]
-        kidney = (q < 1) & ~sinus & capsule
-        image[block][capsule] = fat_hu
-        label[block][capsule] = 0
-        image[block][kidney] = kidney_hu
-        label[block][kidney] = 2
-
-    # Spine: slightly tilted elliptic cylinder along z with a band of soft tissue keeping the liver off
-    # it; vertebral bodies with a bright cortex and endplates, separated by discs (background).
-    period, disc, phase = rng.uniform(22, 28), rng.uniform(4, 6), rng.uniform(0, 28)
-    block, rho, z = _tube(scene, spine_c, spine_r, rng.uniform(-0.06, 0.06, 2), margin=1.3)
-    paraspinal = (rho < 1.3) & (label[block] == 1)
-    image[block][paraspinal] = soft_hu
-    label[block][paraspinal] = 0
-    inside = (rho < 1) & interior[block]
-    level = np.mod(z - phase, period)  # position within one disc + vertebra unit, disc first
-    is_disc = level < disc
-    endplate = np.minimum(level - disc, period - level) < 1.0
-    rim = np.clip((rho - 0.7) / 0.25, 0, 1)
-    rim[endplate] = 1
-    bone = inside & ~is_disc
-    image[block][inside & is_disc] = disc_hu
-    image[block][bone] = cancellous_hu + (cortical_hu - cancellous_hu) * rim[bone]
-    label[block][bone] = 3
-
-    # Tissue heterogeneity, scanner blur and noise.
-    texture = _SmoothField(rng, rng.uniform(6, 10), (15.0, 60.0))(*scene.axes)
-    np.add(image, texture, out=image, where=body)
-    blur_mm, noise_hu = rng.uniform(0.5, 0.9), np.float32(rng.uniform(10, 25))
-    image = ndimage.gaussian_filter(image, blur_mm / np.asarray(spacing), truncate=3.0)
-    image += rng.standard_normal(shape, dtype=np.float32) * noise_hu
-    return image, label, affine
+    # The steps below run in the order of their random draws, which fixes every case for a given generator
+    # state: reordering them changes all cases. Everything random is drawn before the noise, whose draw
+    # count depends on the shape, so the same generator state gives the same anatomy and position at any
+    # spacing. Structures overwrite those painted before them.
+    affine = _affine(rng, shape, spacing)
+    canvas = _Canvas(_Scene(rng, shape, spacing), np.full(shape, _AIR_HU, np.float32), np.zeros(shape, np.uint8))
+    hu = _Hounsfield.draw(rng)
+    body = _add_body(rng, canvas, hu)
+    _add_liver(rng, canvas, body, hu)
+    spine = _place_spine(rng, body)
+    _add_aorta(rng, canvas, body, spine)
+    for side in (-1.0, 1.0):  # RAS: -x is the patient's left, +x the right
+        _add_kidney(rng, canvas, body, spine, hu, side)
+    _add_spine(rng, canvas, body, spine, hu)
+    _add_texture(rng, canvas, body)
+    return _blur_and_noise(rng, canvas.image, spacing), canvas.label, affine
 
 
 def generate_phantom_dataset(
@@ -288,5 +402,5 @@ def generate_phantom_dataset(
         "file_ending": ".nii.gz",
     }
     with atomic_output(output_dir / "dataset.json") as tmp:
-        tmp.write_text(json.dumps(dataset, indent=2) + "\n")
+        tmp.write_text(json.dumps(dataset, indent=2) + "\n", encoding="utf-8")
     return output_dir

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -16,17 +17,24 @@ from medseg.data.datasets import Case, Dataset
 from medseg.errors import MedsegError
 from medseg.io import read_header, read_volume
 
-_MODALITIES = ("ct", "mri")
+_MODALITIES: dict[str, Literal["ct", "mri"]] = {"ct": "ct", "mri": "mri"}
 
 
-def _modality(config: Config, declared: str | None) -> str:
+def _modality(config: Config, declared: str | None) -> Literal["ct", "mri"]:
     """``data.modality``, or with ``auto`` the dataset's declared channel name (CT, else MRI)."""
     wanted = config.data.modality.lower()
     if wanted == "auto":
         return "ct" if (declared or "").strip().upper() == "CT" else "mri"
     if wanted not in _MODALITIES:
         raise MedsegError(f"config key 'data.modality': expected auto, ct or mri, got '{config.data.modality}'")
-    return wanted
+    return _MODALITIES[wanted]
+
+
+def _label(case: Case) -> Path:
+    """The label map of a training case; planning reads labels, so every case must have one."""
+    if case.label is None:
+        raise MedsegError(f"{case.image}: case '{case.case_id}' has no label map; planning needs labelled cases")
+    return case.label
 
 
 def _median_spacing(images: list[Path]) -> list[float]:
@@ -40,7 +48,7 @@ def _ct_window(cases: list[Case], max_cases: int = 16, seed: int = 0) -> list[fl
     picked = [cases[i] for i in sorted(rng.choice(len(cases), size=min(max_cases, len(cases)), replace=False))]
     samples = []
     for case in picked:
-        image, label = read_volume(case.image).array, read_volume(case.label).array
+        image, label = read_volume(case.image).array, read_volume(_label(case)).array
         values = image[label > 0]
         if values.size:
             samples.append(rng.choice(values, size=min(values.size, 20000), replace=False).astype(np.float32))
@@ -57,13 +65,14 @@ def plan(config: Config, dataset: Dataset, train_cases: list[Case]) -> Config:
     if data.class_names is not None:
         if names is not None and len(names) != len(data.class_names):
             raise MedsegError(
-                f"config key 'data.class_names': {len(data.class_names)} names, but {dataset.root} declares {len(names)}"
+                f"config key 'data.class_names': {len(data.class_names)} names, "
+                f"but {dataset.root} declares {len(names)}"
             )
         names = data.class_names
     if names is None:
-        values = set()
+        values: set[int] = set()
         for case in train_cases:
-            values.update(int(v) for v in np.unique(read_volume(case.label).array))
+            values.update(int(v) for v in np.unique(read_volume(_label(case)).array))
         names = ["background"] + [f"class_{k}" for k in range(1, max(values) + 1)]
     if len(names) < 2:
         raise MedsegError(f"{dataset.root}: need at least one foreground class, got {names}")

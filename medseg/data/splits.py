@@ -22,18 +22,12 @@ def make_split(
         raise MedsegError(f"need at least 2 cases to split into training and validation, got {len(ids)}")
     order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
     if num_folds >= 2:
-        if not 0 <= fold < num_folds:
-            raise MedsegError(f"config key 'data.fold': must be in 0..{num_folds - 1}, got {fold}")
         if num_folds > len(ids):
             raise MedsegError(f"config key 'data.num_folds': {num_folds} folds for {len(ids)} cases")
         validation = order[fold::num_folds]
     else:
-        if not 0.0 < val_fraction < 1.0:
-            raise MedsegError(f"config key 'data.val_fraction': must be between 0 and 1, got {val_fraction}")
         n_val = max(1, round(len(ids) * val_fraction))
         validation = order[len(ids) - n_val :]
-    if not 0.0 < train_fraction <= 1.0:
-        raise MedsegError(f"config key 'data.train_fraction': must be in (0, 1], got {train_fraction}")
     held = set(validation)
     train = [i for i in order if i not in held]
     train = train[: max(1, round(len(train) * train_fraction))]

@@ -8,9 +8,11 @@ Everything before the first random transform is cached by ``CacheDataset``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
+from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import (
     CropForegroundd,
@@ -28,7 +30,7 @@ from monai.transforms import (
 )
 
 from medseg.config import AugmentConfig, DataConfig
-from medseg.checks import label_problems
+from medseg.data.checks import label_problems
 from medseg.errors import MedsegError
 from medseg.io import Volume, read_volume
 
@@ -42,7 +44,7 @@ class LoadVolumed(MapTransform):
     label values outside 0..num_classes-1 are a user error naming the file.
     """
 
-    def __init__(self, keys, num_classes: int | None = None) -> None:
+    def __init__(self, keys: KeysCollection, num_classes: int | None = None) -> None:
         super().__init__(keys)
         self.num_classes = num_classes
 
@@ -62,7 +64,7 @@ class LoadVolumed(MapTransform):
         return d
 
 
-def _foreground_selector(data: DataConfig):
+def _foreground_selector(data: DataConfig) -> Callable[[torch.Tensor], torch.Tensor]:
     if data.modality == "ct":
         return lambda x: x > CT_BODY_THRESHOLD_HU
     return lambda x: x > x.min()
@@ -71,6 +73,8 @@ def _foreground_selector(data: DataConfig):
 def intensity_transform(data: DataConfig, key: str = "image") -> Transform:
     """CT: clip to the intensity window and scale to [0, 1]; MRI: per-image z-score."""
     if data.modality == "ct":
+        if data.intensity_window is None:
+            raise MedsegError("config key 'data.intensity_window': CT needs a [low, high] window (planning sets one)")
         lo, hi = data.intensity_window
         return ScaleIntensityRanged(key, a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)
     return NormalizeIntensityd(key, channel_wise=True)
@@ -83,14 +87,17 @@ def preprocessing(data: DataConfig, with_label: bool = True) -> list[Transform]:
     loader = LoadVolumed(keys, num_classes=len(data.class_names) if data.class_names else None)
     steps: list[Transform] = [loader, Orientationd(keys, axcodes=data.orientation, labels=None)]
     if data.spacing:
-        steps.append(Spacingd(keys, pixdim=data.spacing, mode=modes, dtype=torch.float32))
+        steps.append(Spacingd(keys, pixdim=data.spacing, mode=modes, dtype=np.float32))
     if data.crop_foreground:
-        steps.append(CropForegroundd(keys, source_key="image", select_fn=_foreground_selector(data), allow_smaller=True))
+        select = _foreground_selector(data)
+        steps.append(CropForegroundd(keys, source_key="image", select_fn=select, allow_smaller=True))
     steps.append(intensity_transform(data))
     return steps
 
 
-def augmentation(aug: AugmentConfig, keys: tuple[str, ...] = ("image", "label"), spatial_dims: int = 3) -> list[Transform]:
+def augmentation(
+    aug: AugmentConfig, keys: tuple[str, ...] = ("image", "label"), spatial_dims: int = 3
+) -> list[Transform]:
     """Spatial (affine, flips) then intensity augmentation; label maps use nearest interpolation."""
     steps: list[Transform] = []
     if aug.affine_prob > 0:

@@ -1,1 +1,2 @@
-"""The training engine: one Trainer for every Segmenter, with hooks and checkpoints."""
+"""The training engine: the Task protocol, one Trainer for every task, hooks, checkpoints, run folders
+and loaders. Nothing here knows which strategy or model it trains."""

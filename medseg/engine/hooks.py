@@ -6,14 +6,14 @@ import json
 import time
 from pathlib import Path
 
-from medseg.strategies.base import Segmenter
+from medseg.engine.task import Task
 
 
 class Hook:
     """Called by the Trainer; ``logs`` holds the epoch's scalars (loss, lr, dice per class...) and, after a
     validation, ``preview`` the task's pictures of the first validation case (tag -> RGB [3, H, W])."""
 
-    def after_epoch(self, epoch: int, logs: dict[str, float], segmenter: Segmenter, preview: dict | None) -> None:
+    def after_epoch(self, epoch: int, logs: dict[str, float], task: Task, preview: dict | None) -> None:
         pass
 
     def after_train(self) -> None:
@@ -26,8 +26,8 @@ class LogFileHook(Hook):
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def after_epoch(self, epoch, logs, segmenter, preview) -> None:
-        with self.path.open("a") as f:
+    def after_epoch(self, epoch: int, logs: dict[str, float], task: Task, preview: dict | None) -> None:
+        with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps({"epoch": epoch, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **logs}) + "\n")
 
 
@@ -39,9 +39,10 @@ class TensorBoardHook(Hook):
 
         self.writer = SummaryWriter(str(log_dir))
 
-    def after_epoch(self, epoch, logs, segmenter, preview) -> None:
+    def after_epoch(self, epoch: int, logs: dict[str, float], task: Task, preview: dict | None) -> None:
         for key, value in logs.items():
-            self.writer.add_scalar(key.replace("_", "/", 1) if key.startswith(("val_", "train_")) else key, value, epoch)
+            tag = key.replace("_", "/", 1) if key.startswith(("val_", "train_")) else key
+            self.writer.add_scalar(tag, value, epoch)
         for tag, picture in (preview or {}).items():
             self.writer.add_image(tag, picture, epoch)
         self.writer.flush()

@@ -1,5 +1,8 @@
-"""One Trainer for every Segmenter: AMP, gradient accumulation, time budget, checkpoints, exact resume,
-hooks, and DDP when launched by torchrun."""
+"""One Trainer for every task (3D strategies, pretraining, 2D models): AMP, gradient accumulation, time
+budget, checkpoints, exact resume, hooks, and DDP when launched by torchrun.
+
+Constructing a Trainer builds everything that can fail on the config (optimizer, schedule, encoder
+groups) and writes nothing, so commands build it before they create the run folder."""
 
 from __future__ import annotations
 
@@ -7,25 +10,24 @@ import math
 import os
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from medseg.config import Config, config_to_dict
 from medseg.engine.checkpoint import load_checkpoint, save_checkpoint
 from medseg.engine.hooks import Hook
+from medseg.engine.run_folder import is_main_process
+from medseg.engine.task import Task
 from medseg.errors import MedsegError
-from medseg.strategies.base import Segmenter
-
-
-def is_main_process() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
 
 
 def seed_everything(seed: int) -> None:
@@ -36,13 +38,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_optimizer(config: Config, params) -> torch.optim.Optimizer:
+def build_optimizer(
+    config: Config, params: Iterable[dict[str, Any]] | Iterable[torch.nn.Parameter]
+) -> torch.optim.Optimizer:
+    """``train.optimizer`` (a choice the config has already checked) over ``params``."""
     train = config.train
-    if train.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
     if train.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, nesterov=True, weight_decay=train.weight_decay)
-    raise MedsegError(f"config key 'train.optimizer': expected adamw or sgd, got '{train.optimizer}'")
+        return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, nesterov=True,
+                               weight_decay=train.weight_decay)
+    return torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
 
 
 def learning_rate(config: Config, epoch: int, elapsed_s: float) -> float:
@@ -57,10 +61,8 @@ def learning_rate(config: Config, epoch: int, elapsed_s: float) -> float:
         factor = (1.0 - progress) ** 0.9
     elif train.scheduler == "cosine":
         factor = 0.5 * (1.0 + math.cos(math.pi * progress))
-    elif train.scheduler == "constant":
+    else:  # constant
         factor = 1.0
-    else:
-        raise MedsegError(f"config key 'train.scheduler': expected poly, cosine or constant, got '{train.scheduler}'")
     if epoch < train.warmup_epochs:
         factor *= (epoch + 1) / (train.warmup_epochs + 1)
     return train.lr * max(factor, 1e-3)
@@ -75,32 +77,31 @@ class FitResult:
 
 
 class Trainer:
-    """Drives a Segmenter. Checkpoints hold config, model, optimizer, scaler, counters and RNG state."""
+    """Drives a Task. Checkpoints hold config, model, optimizer, scaler, counters and RNG state."""
 
     def __init__(
         self,
-        segmenter: Segmenter,
+        task: Task,
         config: Config,
         run_dir: Path,
-        train_loader,
-        val_loader,
+        train_loader: DataLoader,
+        val_loader: DataLoader,
         device: torch.device,
-        hooks: Sequence[Hook] = (),
     ) -> None:
-        self.segmenter = segmenter.to(device)
+        self.task = task.to(device)
         self.config = config
         self.run_dir = Path(run_dir)
         self.train_loader = train_loader
         self.val_loader = val_loader
         self.device = device
-        self.hooks = list(hooks)
+        self.hooks: list[Hook] = []
         if dist.is_initialized():
             ids = [device.index] if device.type == "cuda" else None
-            self.segmenter.network = DistributedDataParallel(
-                self.segmenter.network, device_ids=ids, find_unused_parameters=segmenter.ddp_find_unused_parameters
+            self.task.network = DistributedDataParallel(
+                self.task.network, device_ids=ids, find_unused_parameters=task.ddp_find_unused_parameters
             )
-        self.encoder = self._encoder_parameters(segmenter, config)
-        self.optimizer = build_optimizer(config, self._parameter_groups(segmenter))
+        self.encoder = self._encoder_parameters(task, config)
+        self.optimizer = build_optimizer(config, self._parameter_groups(task))
         self.use_amp = config.train.amp and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.epoch = 0
@@ -111,23 +112,23 @@ class Trainer:
         self.preview: dict[str, torch.Tensor] | None = None
 
     @staticmethod
-    def _encoder_parameters(segmenter: Segmenter, config: Config) -> list[torch.nn.Parameter]:
+    def _encoder_parameters(task: Task, config: Config) -> list[torch.nn.Parameter]:
         train = config.train
         if not (train.freeze_encoder_epochs or train.encoder_lr_scale != 1.0):
             return []
-        encoder = segmenter.encoder_parameters()
+        encoder = task.encoder_parameters()
         if not encoder:
             raise MedsegError(
                 "config keys 'train.freeze_encoder_epochs'/'train.encoder_lr_scale' need a network with a "
-                f"pretrainable encoder (swin_unetr); network '{config.model.network}' has none"
+                f"pretrainable encoder (unetr, swin_unetr); network '{config.model.network}' has none"
             )
         return encoder
 
-    def _parameter_groups(self, segmenter: Segmenter) -> list[dict]:
+    def _parameter_groups(self, task: Task) -> list[dict]:
         """One group, or the encoder in its own group at ``train.encoder_lr_scale`` times the learning rate.
         Parameters frozen at construction (e.g. unused norms) stay out of the optimizer."""
         encoder_ids = {id(p) for p in self.encoder}
-        rest = [p for p in segmenter.parameters() if p.requires_grad and id(p) not in encoder_ids]
+        rest = [p for p in task.parameters() if p.requires_grad and id(p) not in encoder_ids]
         if not self.encoder:
             return [{"params": rest}]
         return [{"params": rest}, {"params": self.encoder, "lr_scale": self.config.train.encoder_lr_scale}]
@@ -140,7 +141,7 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------------
     def _model_state(self) -> dict:
-        state = self.segmenter.state_dict()
+        state = self.task.state_dict()
         return {k.replace("network.module.", "network.", 1): v for k, v in state.items()}
 
     def _state(self) -> dict:
@@ -159,7 +160,7 @@ class Trainer:
 
     def resume(self, path: Path) -> None:
         state = load_checkpoint(path)
-        network = self.segmenter.network
+        network = self.task.network
         target = network.module if isinstance(network, DistributedDataParallel) else network
         target.load_state_dict({k[len("network."):]: v for k, v in state["model"].items() if k.startswith("network.")})
         self.optimizer.load_state_dict(state["optimizer"])
@@ -181,7 +182,7 @@ class Trainer:
         seed_everything(seed)
         dataset = self.train_loader.dataset
         transform = getattr(dataset, "transform", None)
-        if hasattr(transform, "set_random_state"):
+        if transform is not None and hasattr(transform, "set_random_state"):
             transform.set_random_state(seed=seed % 2**32)
         sampler = self.train_loader.sampler
         if hasattr(sampler, "set_epoch"):
@@ -196,7 +197,7 @@ class Trainer:
         return None if self.config.train.progress and is_main_process() else True
 
     def _train_epoch(self) -> dict[str, float]:
-        self.segmenter.train()
+        self.task.train()
         accumulate = max(1, self.config.train.grad_accumulation)
         totals: dict[str, float] = {}
         steps = 0
@@ -206,15 +207,16 @@ class Trainer:
         for i, batch in enumerate(bar):
             batch = self._to_device(batch)
             with torch.autocast(self.device.type, enabled=self.use_amp):
-                losses = self.segmenter.training_step(batch)
+                losses = self.task.training_step(batch)
             loss = losses["loss"]
             if not torch.isfinite(loss):
-                raise RuntimeError(f"training loss became {loss.item()} at epoch {self.epoch}, step {i}")
+                raise MedsegError(f"training loss became {loss.item()} at epoch {self.epoch}, step {i}; "
+                                  "lower train.lr or set train.grad_clip")
             self.scaler.scale(loss / accumulate).backward()
             if (i + 1) % accumulate == 0 or i + 1 == len(self.train_loader):
                 if self.config.train.grad_clip:
                     self.scaler.unscale_(self.optimizer)
-                    torch.nn.utils.clip_grad_norm_(self.segmenter.parameters(), self.config.train.grad_clip)
+                    torch.nn.utils.clip_grad_norm_(self.task.parameters(), self.config.train.grad_clip)
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
@@ -229,19 +231,19 @@ class Trainer:
     def _validate(self) -> dict[str, float]:
         """Per-class Dice (keys ``dice*``, [N, classes] per batch) averaged over cases; any other
         figure the task returns (e.g. pretraining losses) averaged as ``val_<key>``."""
-        self.segmenter.eval()
+        self.task.eval()
         scores: dict[str, list[torch.Tensor]] = {}
         bar = tqdm(self.val_loader, desc="validation", leave=False,
                    disable=self._bar_disabled)
         for i, batch in enumerate(bar):
             batch = self._to_device(batch)
-            out = self.segmenter.validation_step(batch)
+            out = self.task.validation_step(batch)
             for key, value in out.items():
                 if key != "labels":
                     scores.setdefault(key, []).append(value.detach().float().cpu().reshape(-1, *value.shape[1:]))
             if i == 0:
-                self.preview = self.segmenter.preview_images(batch, out)
-        names = (self.config.data.class_names or [])[1:]
+                self.preview = self.task.preview_images(batch, out)
+        names = self.task.score_names
         logs = {}
         for key, values in scores.items():
             if key.startswith("dice"):  # "dice" (the prediction), e.g. "dice_axis2" (a part of it)
@@ -256,14 +258,15 @@ class Trainer:
     def _improves(self, value: float) -> bool:
         if self.best_epoch < 0:
             return True
-        return value > self.best_metric if self.segmenter.monitor_mode == "max" else value < self.best_metric
+        return value > self.best_metric if self.task.monitor_mode == "max" else value < self.best_metric
 
     def _budget_spent(self) -> bool:
         minutes = self.config.train.max_minutes
-        return bool(minutes) and self.elapsed_s >= 60.0 * minutes
+        return bool(minutes and self.elapsed_s >= 60.0 * minutes)
 
-    def fit(self, resume: bool = False, log=print) -> FitResult:
+    def fit(self, hooks: Sequence[Hook] = (), resume: bool = False, log: Callable[[str], None] = print) -> FitResult:
         """Train until ``max_epochs`` or the end of the epoch that crosses ``max_minutes``."""
+        self.hooks = list(hooks)
         if resume:
             self.resume(self.run_dir / "last.pt")
             log(f"resumed from {self.run_dir / 'last.pt'} at epoch {self.epoch}")
@@ -278,22 +281,23 @@ class Trainer:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
             logs = {"lr": lr, **self._train_epoch()}
             last = self.epoch + 1 == train.max_epochs
-            crossing = bool(train.max_minutes) and self.elapsed_s + time.perf_counter() - start >= 60.0 * train.max_minutes
+            minutes = train.max_minutes
+            crossing = bool(minutes and self.elapsed_s + time.perf_counter() - start >= 60.0 * minutes)
             validate = (self.epoch + 1) % max(1, train.val_every) == 0 or last or crossing
             if validate:
                 logs.update(self._validate())
             self.elapsed_s += time.perf_counter() - start
             logs["elapsed_min"] = self.elapsed_s / 60.0
             self.epoch += 1
-            if validate and self._improves(logs[self.segmenter.monitor]):
-                self.best_metric, self.best_epoch = logs[self.segmenter.monitor], self.epoch - 1
+            if validate and self._improves(logs[self.task.monitor]):
+                self.best_metric, self.best_epoch = logs[self.task.monitor], self.epoch - 1
                 if is_main_process():
                     save_checkpoint(self.run_dir / "best.pt", self._state())
             if is_main_process():
                 save_checkpoint(self.run_dir / "last.pt", self._state())
                 for hook in self.hooks:
-                    hook.after_epoch(self.epoch - 1, logs, self.segmenter, self.preview if validate else None)
-                monitor = self.segmenter.monitor
+                    hook.after_epoch(self.epoch - 1, logs, self.task, self.preview if validate else None)
+                monitor = self.task.monitor
                 shown = f" {monitor.replace('_', ' ')} {logs[monitor]:.4f}" if validate else ""
                 log(f"epoch {self.epoch - 1}: loss {logs['train_loss']:.4f}{shown} lr {lr:.2e} "
                     f"({self.elapsed_s / 60:.1f} min)")

@@ -1,5 +1,5 @@
-"""The one contract every 2D model follows, so semantic, instance and panoptic models train in the same
-loop and are scored by the same code.
+"""The types of the one contract every 2D model follows (the model itself is in ``model``), so semantic,
+instance and panoptic models train in the same loop and are scored by the same code.
 
 Training: ``training_step(batch)`` returns named loss terms (their sum is what is minimised).
 Inference: ``predict(images)`` returns one ``Prediction2D`` per image: ``semantic`` class scores are always
@@ -9,16 +9,11 @@ Class indices everywhere are those of ``ClassSpec.names`` (0 is background).
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
-from medseg.config import Config
 from medseg.errors import MedsegError
-from medseg.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -143,40 +138,3 @@ class Batch2D:
     def to(self, device: torch.device | str) -> Batch2D:
         instances = None if self.instances is None else [i.to(device) for i in self.instances]
         return Batch2D(self.images.to(device), self.semantic.to(device), instances)
-
-
-class Model2D(nn.Module, ABC):
-    """A 2D model behind the common contract. Subclasses implement ``losses`` and ``infer``; the public
-    methods set the module's mode themselves, so callers cannot mix up train and eval behaviour
-    (batch norm, Mask R-CNN's two forward paths)."""
-
-    needs_instances = True  # per-pixel models set False: their batches skip the connected components
-
-    def __init__(self, classes: ClassSpec) -> None:
-        super().__init__()
-        self.classes = classes
-
-    def training_step(self, batch: Batch2D) -> dict[str, torch.Tensor]:
-        """Named loss terms for one batch, in training mode."""
-        self.train()
-        return self.losses(batch)
-
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> list[Prediction2D]:
-        """One ``Prediction2D`` per image of ``images`` [B, 1, H, W], in eval mode without gradients."""
-        self.eval()
-        return self.infer(images)
-
-    @abstractmethod
-    def losses(self, batch: Batch2D) -> dict[str, torch.Tensor]: ...
-
-    @abstractmethod
-    def infer(self, images: torch.Tensor) -> list[Prediction2D]: ...
-
-
-MODELS_2D: Registry[Callable[[Config, ClassSpec], Model2D]] = Registry("2D model")
-
-
-def build_model_2d(name: str, config: Config, classes: ClassSpec) -> Model2D:
-    """The adapter registered as ``name``, built from the config's ``compare`` and ``model`` sections."""
-    return MODELS_2D.get(name)(config, classes)

@@ -10,10 +10,11 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 
 from medseg.config import Compare2DConfig, Config
 from medseg.errors import MedsegError
-from medseg.models2d.base import MODELS_2D, Batch2D, ClassSpec, Instances, Model2D, Prediction2D
+from medseg.models2d.base import Batch2D, ClassSpec, Instances, Prediction2D
 from medseg.models2d.merge import paste_instances
+from medseg.models2d.model import MODELS_2D, Model2D
 
-FPN_LEVELS = 5  # P2-P5 and the pooled P6: one anchor size each
+FPN_LEVELS = len(Compare2DConfig().anchor_sizes)  # P2-P5 and the pooled P6: one anchor size each
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
 # torchvision's defaults suit 800-pixel photos with dozens of objects; a slice holds a handful of organs.
 # Fewer proposals and sampled RoIs made a training step on 8 slices of 96x96 pixels 2.8x faster on one
@@ -36,9 +37,6 @@ def build_detector(settings: Compare2DConfig, num_things: int) -> MaskRCNN:
     The first convolution takes one channel and the images pass unnormalised, as they reach the
     semantic networks.
     """
-    if len(settings.anchor_sizes) != FPN_LEVELS or min(settings.anchor_sizes) <= 0:
-        raise MedsegError(f"config key 'compare.anchor_sizes': expected {FPN_LEVELS} positive sizes (one per FPN "
-                          f"level), got {settings.anchor_sizes}")
     builder = maskrcnn_resnet50_fpn_v2 if settings.maskrcnn_v2 else maskrcnn_resnet50_fpn
     model = builder(weights=None, weights_backbone=None, num_classes=1 + num_things,
                     min_size=min(settings.slice_size), max_size=max(settings.slice_size),
@@ -53,6 +51,8 @@ def build_detector(settings: Compare2DConfig, num_things: int) -> MaskRCNN:
 
 def detector_targets(batch: Batch2D, classes: ClassSpec) -> list[dict[str, torch.Tensor]]:
     """Ground-truth instances in torchvision's form, thing classes numbered 1..T."""
+    if batch.instances is None:
+        raise ValueError("detector_targets: the batch has no instance targets (make_batch with_instances=True)")
     index = torch.zeros(classes.num_classes, dtype=torch.int64, device=batch.images.device)
     index[list(classes.things)] = torch.arange(1, len(classes.things) + 1, device=index.device)
     return [{"boxes": inst.boxes, "labels": index[inst.labels], "masks": inst.masks.to(torch.uint8)}
@@ -70,17 +70,16 @@ class MaskRCNN2D(Model2D):
     """Detections of the thing classes; the semantic map pastes those scoring at least
     ``compare.score_threshold``, higher scores winning overlaps. Stuff classes are never predicted."""
 
-    def __init__(self, classes: ClassSpec, settings: Compare2DConfig) -> None:
-        super().__init__(classes)
-        self.settings = settings
-        self.detector = build_detector(settings, len(classes.things))
+    def __init__(self, classes: ClassSpec, config: Config) -> None:
+        super().__init__(classes, config)
+        self.network = build_detector(config.compare, len(classes.things))
 
     def losses(self, batch: Batch2D) -> dict[str, torch.Tensor]:
-        return self.detector(list(batch.images), detector_targets(batch, self.classes))
+        return self.network(list(batch.images), detector_targets(batch, self.classes))
 
     def infer(self, images: torch.Tensor) -> list[Prediction2D]:
         predictions = []
-        for detection in self.detector(list(images)):
+        for detection in self.network(list(images)):
             instances = detections_to_instances(detection, self.classes, self.settings.mask_threshold)
             pasted = paste_instances(instances, self.settings.score_threshold, overlap_threshold=1.0)
             predictions.append(Prediction2D(pasted.class_scores(self.classes.num_classes), instances))
@@ -96,4 +95,4 @@ def require_things(classes: ClassSpec, model: str) -> None:
 @MODELS_2D.register("maskrcnn")
 def _maskrcnn(config: Config, classes: ClassSpec) -> MaskRCNN2D:
     require_things(classes, "maskrcnn")
-    return MaskRCNN2D(classes, config.compare)
+    return MaskRCNN2D(classes, config)

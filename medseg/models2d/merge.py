@@ -12,6 +12,8 @@ def paste_instances(instances: Instances, score_threshold: float, overlap_thresh
     """Instances in descending score order, those under ``score_threshold`` dropped; an instance more than
     ``overlap_threshold`` of whose mask is already taken is dropped, otherwise it takes its free pixels.
     ``overlap_threshold=1`` keeps every instance with a pixel left: higher scores win contested pixels."""
+    if instances.scores is None:
+        raise ValueError("paste_instances: the instances have no scores (detections have, ground truth has not)")
     ids = torch.zeros(instances.masks.shape[-2:], dtype=torch.int32, device=instances.masks.device)
     segments: list[Segment] = []
     for i in torch.argsort(instances.scores, descending=True, stable=True).tolist():

@@ -9,9 +9,10 @@ from torch import nn
 
 from medseg.config import Compare2DConfig, Config
 from medseg.losses import build_loss
-from medseg.models2d.base import MODELS_2D, Batch2D, ClassSpec, Model2D, Prediction2D
+from medseg.models2d.base import Batch2D, ClassSpec, Prediction2D
 from medseg.models2d.maskrcnn import build_detector, detections_to_instances, detector_targets, require_things
 from medseg.models2d.merge import merge_panoptic
+from medseg.models2d.model import MODELS_2D, Model2D
 
 FPN_CHANNELS = 256
 HEAD_CHANNELS = 128
@@ -30,7 +31,8 @@ class SemanticFPNHead(nn.Module):
         for level in range(len(SEMANTIC_LEVELS)):
             stages: list[nn.Module] = []
             for k in range(max(level, 1)):
-                stages += [nn.Conv2d(FPN_CHANNELS if k == 0 else HEAD_CHANNELS, HEAD_CHANNELS, 3, padding=1, bias=False),
+                channels_in = FPN_CHANNELS if k == 0 else HEAD_CHANNELS
+                stages += [nn.Conv2d(channels_in, HEAD_CHANNELS, 3, padding=1, bias=False),
                            nn.GroupNorm(32, HEAD_CHANNELS), nn.ReLU(inplace=True)]
                 if level > 0:
                     stages.append(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False))
@@ -42,45 +44,56 @@ class SemanticFPNHead(nn.Module):
         return F.interpolate(self.predictor(x), size=size, mode="bilinear", align_corners=False)
 
 
-class PanopticFPN(Model2D):
-    """Mask R-CNN and the semantic branch share the backbone; losses are the detector's plus the
-    semantic branch's ``semantic_loss``: ``train.loss``, the loss of the semantic models, so that every
-    model's per-pixel part learns from the same loss (the paper uses plain cross-entropy).
-    ``semantic`` of a prediction is the panoptic map's classes; ``instances`` are all detections (for
-    mask AP), ``panoptic`` the merged map."""
+class PanopticNetwork(nn.Module):
+    """Mask R-CNN and the semantic branch on the same FPN features, in one ``forward`` so that DDP sees
+    every pass: in training mode it returns the loss terms, in eval mode the detections and the semantic
+    logits [B, K, H, W]."""
 
-    def __init__(self, classes: ClassSpec, settings: Compare2DConfig, semantic_loss: nn.Module) -> None:
-        super().__init__(classes)
-        self.settings = settings
+    def __init__(self, settings: Compare2DConfig, classes: ClassSpec) -> None:
+        super().__init__()
         self.detector = build_detector(settings, len(classes.things))
         self.semantic_head = SemanticFPNHead(classes.num_classes)
-        self.semantic_loss = semantic_loss
 
     def _semantic_logits(self, features: dict[str, torch.Tensor], padded: torch.Size, size: tuple[int, int],
                          original: tuple[int, int]) -> torch.Tensor:
         logits = self.semantic_head(features, padded[-2:])[..., : size[0], : size[1]]
         return logits if tuple(size) == tuple(original) else F.interpolate(logits, size=original, mode="bilinear")
 
-    def losses(self, batch: Batch2D) -> dict[str, torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]] | None = None
+    ) -> tuple[dict[str, torch.Tensor] | list[dict[str, torch.Tensor]], torch.Tensor]:
+        """Training: (loss terms, semantic logits); eval: (detections per image, semantic logits)."""
         d = self.detector
-        image_list, targets = d.transform(list(batch.images), detector_targets(batch, self.classes))
+        original = (int(images.shape[-2]), int(images.shape[-1]))
+        image_list, targets = d.transform(list(images), targets)
         features = d.backbone(image_list.tensors)
         proposals, rpn_losses = d.rpn(image_list, features, targets)
-        _, roi_losses = d.roi_heads(features, proposals, image_list.image_sizes, targets)
-        logits = self._semantic_logits(features, image_list.tensors.shape, image_list.image_sizes[0],
-                                       tuple(batch.images.shape[-2:]))
+        detections, roi_losses = d.roi_heads(features, proposals, image_list.image_sizes, targets)
+        logits = self._semantic_logits(features, image_list.tensors.shape, image_list.image_sizes[0], original)
+        if self.training:
+            return {**rpn_losses, **roi_losses}, logits
+        return d.transform.postprocess(detections, image_list.image_sizes, [original] * len(images)), logits
+
+
+class PanopticFPN(Model2D):
+    """Losses are the detector's plus the semantic branch's ``semantic_loss``: ``train.loss``, the loss of
+    the semantic models, so that every model's per-pixel part learns from the same loss (the paper uses
+    plain cross-entropy). ``semantic`` of a prediction is the panoptic map's classes; ``instances`` are
+    all detections (for mask AP), ``panoptic`` the merged map."""
+
+    def __init__(self, classes: ClassSpec, config: Config, semantic_loss: nn.Module) -> None:
+        super().__init__(classes, config)
+        self.network = PanopticNetwork(config.compare, classes)
+        self.semantic_loss = semantic_loss
+
+    def losses(self, batch: Batch2D) -> dict[str, torch.Tensor]:
+        detector_losses, logits = self.network(batch.images, detector_targets(batch, self.classes))
         semantic = SEMANTIC_LOSS_WEIGHT * self.semantic_loss(logits, batch.semantic[:, None])
-        return {**rpn_losses, **roi_losses, "loss_semantic": semantic}
+        return {**detector_losses, "loss_semantic": semantic}
 
     def infer(self, images: torch.Tensor) -> list[Prediction2D]:
-        d, s = self.detector, self.settings
-        original = tuple(images.shape[-2:])
-        image_list, _ = d.transform(list(images))
-        features = d.backbone(image_list.tensors)
-        proposals, _ = d.rpn(image_list, features)
-        detections, _ = d.roi_heads(features, proposals, image_list.image_sizes)
-        detections = d.transform.postprocess(detections, image_list.image_sizes, [original] * len(images))
-        semantic = self._semantic_logits(features, image_list.tensors.shape, image_list.image_sizes[0], original)
+        s = self.settings
+        detections, semantic = self.network(images)
         predictions = []
         for detection, labels in zip(detections, semantic.argmax(1)):
             instances = detections_to_instances(detection, self.classes, s.mask_threshold)
@@ -93,4 +106,4 @@ class PanopticFPN(Model2D):
 @MODELS_2D.register("panoptic")
 def _panoptic(config: Config, classes: ClassSpec) -> PanopticFPN:
     require_things(classes, "panoptic")
-    return PanopticFPN(classes, config.compare, build_loss(config.train.loss))
+    return PanopticFPN(classes, config, build_loss(config.train.loss))

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import torch
 from torchvision.transforms.functional import to_pil_image
-from torchvision.utils import draw_segmentation_masks, make_grid
+from torchvision.utils import make_grid
 
+from medseg.engine.pictures import class_colour, overlay_uint8
 from medseg.io import atomic_output
 
-COLOURS = ["red", "lime", "blue", "yellow", "magenta", "cyan", "orange", "purple", "pink", "brown"]
 RUN_FIGURES = ("steps", "train_seconds", "infer_ms_per_slice", "parameters")
 
 
@@ -28,11 +28,11 @@ def _rows(results: dict[str, dict[str, float]]) -> list[str]:
 def write_csv(path: Path, results: dict[str, dict[str, float]]) -> None:
     """One row per metric, one column per model; empty where a metric does not apply to a model."""
     models = list(results)
-    with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:
+    with atomic_output(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["metric", *models])
         for row in _rows(results):
-            writer.writerow([row, *("" if row not in results[m] else results[m][row] for m in models)])
+            writer.writerow([row, *(results[m].get(row, "") for m in models)])
 
 
 def _cell(row: str, value: float | None) -> str:
@@ -63,13 +63,7 @@ def _display(slice_: torch.Tensor) -> torch.Tensor:
 
 
 def _tile(image: torch.Tensor, labels: torch.Tensor | None, num_classes: int) -> torch.Tensor:
-    grey = image.float()
-    grey = ((grey - grey.min()) / (grey.max() - grey.min()).clamp(min=1e-8) * 255).to(torch.uint8)
-    rgb = _display(grey).expand(3, -1, -1).contiguous()
-    if labels is None:
-        return rgb
-    masks = torch.stack([_display(labels == k) for k in range(1, num_classes)])
-    return draw_segmentation_masks(rgb, masks, alpha=0.5, colors=[COLOURS[(k - 1) % len(COLOURS)] for k in range(1, num_classes)])
+    return overlay_uint8(_display(image), None if labels is None else _display(labels), num_classes, alpha=0.5)
 
 
 def write_examples(path: Path, images: list[torch.Tensor], truths: list[torch.Tensor],
@@ -87,4 +81,4 @@ def write_examples(path: Path, images: list[torch.Tensor], truths: list[torch.Te
 
 def legend(class_names: tuple[str, ...]) -> str:
     """Which colour marks which class in the figure."""
-    return ", ".join(f"{name} {COLOURS[(k - 1) % len(COLOURS)]}" for k, name in enumerate(class_names) if k > 0)
+    return ", ".join(f"{name} {class_colour(k)}" for k, name in enumerate(class_names) if k > 0)

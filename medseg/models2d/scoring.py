@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from medseg.metrics import dice_from_counts
 from medseg.models2d.base import ClassSpec, Instances, PanopticResult, Prediction2D
 from medseg.models2d.targets import instance_target, panoptic_target, semantic_target
 
@@ -35,10 +36,14 @@ MAX_DETECTIONS = 100
 
 
 def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU of every mask in ``a`` [N, H, W] with every mask in ``b`` [M, H, W] -> [N, M]."""
+    """IoU of every mask in ``a`` [N, H, W] with every mask in ``b`` [M, H, W] -> [N, M] float64.
+
+    The pixel counts are exact in float32 (below 2**24 pixels); the ratio is taken in float64, as pycocotools
+    does: IoUs of small masks are often exactly a threshold (13/20 = 0.65), and in float32 several of them
+    (0.65, 0.7, 0.9, 0.95) round below it and would lose the match."""
     a, b = a.flatten(1).float(), b.flatten(1).float()
-    inter = a @ b.T
-    union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
+    inter = (a @ b.T).double()
+    union = a.sum(1).double()[:, None] + b.sum(1).double()[None, :] - inter
     return torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
 
 
@@ -57,7 +62,7 @@ class PixelScores:
         self.pooled += confusion
         tp, fp, fn = self._counts(confusion)
         seen = (tp + fp + fn) > 0
-        self.dice_sum += torch.where(seen, 2 * tp / (2 * tp + fp + fn).clamp(min=1), 0)
+        self.dice_sum += dice_from_counts(tp, fp, fn)
         self.iou_sum += torch.where(seen, tp / (tp + fp + fn).clamp(min=1), 0)
         self.images += seen.double()
 
@@ -73,7 +78,7 @@ class PixelScores:
         seen = (tp + fp + fn) > 0
         precision = torch.where(seen, tp / (tp + fp).clamp(min=1), nan)
         recall = torch.where(seen, tp / (tp + fn).clamp(min=1), nan)
-        f1 = torch.where(seen, 2 * tp / (2 * tp + fp + fn).clamp(min=1), nan)
+        f1 = torch.where(seen, dice_from_counts(tp, fp, fn), nan)
         dice = torch.where(self.images > 0, self.dice_sum / self.images.clamp(min=1), nan)
         iou = torch.where(self.images > 0, self.iou_sum / self.images.clamp(min=1), nan)
         total = int(self.pooled.sum())
@@ -94,6 +99,8 @@ class MaskAP:
         self.num_truth = dict.fromkeys(thing_classes, 0)
 
     def add(self, pred: Instances, target: Instances) -> None:
+        if pred.scores is None:
+            raise ValueError("MaskAP.add: the predicted instances have no scores")
         for c in self.classes:
             d = torch.nonzero(pred.labels == c).flatten()
             d = d[torch.argsort(pred.scores[d], descending=True, stable=True)][:MAX_DETECTIONS]
@@ -106,13 +113,14 @@ class MaskAP:
     @staticmethod
     def _match(ious: np.ndarray, threshold: float) -> np.ndarray:
         """Detections (rows, in score order) that match a still unmatched ground truth at ``threshold``;
-        each takes the unmatched one it overlaps most."""
+        each takes the unmatched one it overlaps most, the last of equal ones as pycocotools does (a
+        detection covering two equal objects has IoU 0.5 with both)."""
         free = np.ones(ious.shape[1], dtype=bool)
         hit = np.zeros(ious.shape[0], dtype=bool)
         for i, row in enumerate(ious):
-            candidates = np.where(free & (row >= threshold), row, -1.0)
-            if candidates.size and candidates.max() >= 0:
-                free[candidates.argmax()] = False
+            candidates = np.flatnonzero(free & (row >= threshold))[::-1]
+            if candidates.size:
+                free[candidates[row[candidates].argmax()]] = False
                 hit[i] = True
         return hit
 

@@ -8,7 +8,8 @@ from torch import nn
 
 from medseg.config import Config
 from medseg.losses import build_loss
-from medseg.models2d.base import MODELS_2D, Batch2D, ClassSpec, Model2D, Prediction2D
+from medseg.models2d.base import Batch2D, ClassSpec, Prediction2D
+from medseg.models2d.model import MODELS_2D, Model2D
 from medseg.networks import NETWORKS_2D
 
 
@@ -17,8 +18,8 @@ class SemanticModel(Model2D):
 
     needs_instances = False
 
-    def __init__(self, network: nn.Module, classes: ClassSpec, loss: nn.Module) -> None:
-        super().__init__(classes)
+    def __init__(self, network: nn.Module, classes: ClassSpec, config: Config, loss: nn.Module) -> None:
+        super().__init__(classes, config)
         self.network = network
         self.loss = loss
 
@@ -33,7 +34,7 @@ def _semantic(network: str):
     def build(config: Config, classes: ClassSpec) -> SemanticModel:
         builder = NETWORKS_2D.get(network)
         net = builder(config.model, 1, classes.num_classes, config.compare.slice_size)
-        return SemanticModel(net, classes, build_loss(config.train.loss))
+        return SemanticModel(net, classes, config, build_loss(config.train.loss))
 
     return build
 

@@ -42,7 +42,7 @@ def instance_target(label: torch.Tensor, classes: ClassSpec) -> Instances:
 def panoptic_target(semantic: torch.Tensor, instances: Instances, classes: ClassSpec) -> PanopticResult:
     """The ground-truth panoptic map of one image: one segment per instance, one per stuff class present."""
     ids = torch.zeros(semantic.shape, dtype=torch.int32, device=semantic.device)
-    segments = []
+    segments: list[Segment] = []
     regions = [(m, int(c), True) for m, c in zip(instances.masks, instances.labels)]
     regions += [(semantic == s, s, False) for s in classes.stuff]
     for mask, label, is_thing in regions:

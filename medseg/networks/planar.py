@@ -40,4 +40,4 @@ def _fcn(model: ModelConfig, in_channels: int, out_channels: int, patch_size: Se
 
 
 def build_network_2d(model: ModelConfig, in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
-    return NETWORKS_2D.get(model.network)(model, in_channels, out_channels, patch_size)
+    return NETWORKS_2D.get(model.network, key="model.network")(model, in_channels, out_channels, patch_size)

@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable, Sequence
 
 from monai.networks.nets import UNETR, DynUNet, SwinUNETR, UNet, VNet
+from monai.networks.nets.swin_unetr import SwinTransformer
 from torch import nn
 
 from medseg.config import ModelConfig
@@ -15,7 +16,7 @@ from medseg.registry import Registry
 NETWORKS_3D: Registry[Callable[..., nn.Module]] = Registry("3D network")
 
 
-def require_divisible(patch_size: Sequence[int], factor: int, network: str, key: str = "data.patch_size") -> None:
+def require_divisible(patch_size: Sequence[int], factor: int, network: str, key: str = "patch.patch_size") -> None:
     """Encoder-decoders need every side divisible by their total downsampling factor."""
     if any(s % factor for s in patch_size):
         raise MedsegError(
@@ -24,18 +25,9 @@ def require_divisible(patch_size: Sequence[int], factor: int, network: str, key:
         )
 
 
-def check_levels(model: ModelConfig) -> None:
-    if len(model.channels) != len(model.strides) + 1:
-        raise MedsegError(
-            f"config keys 'model.channels'/'model.strides': need one more channel entry than strides, "
-            f"got {len(model.channels)} and {len(model.strides)}"
-        )
-
-
 def monai_unet(model: ModelConfig, spatial_dims: int, in_channels: int, out_channels: int,
-               patch_size: Sequence[int], name: str, key: str = "data.patch_size") -> nn.Module:
+               patch_size: Sequence[int], name: str, key: str = "patch.patch_size") -> nn.Module:
     """MONAI's UNet from the model section, for 2D and 3D alike."""
-    check_levels(model)
     require_divisible(patch_size, math.prod(model.strides), name, key=key)
     return UNet(
         spatial_dims=spatial_dims,
@@ -51,14 +43,13 @@ def monai_unet(model: ModelConfig, spatial_dims: int, in_channels: int, out_chan
 
 @NETWORKS_3D.register("unet")
 def _unet(model: ModelConfig, in_channels: int, out_channels: int, patch_size: Sequence[int],
-          size_key: str = "data.patch_size") -> nn.Module:
+          size_key: str = "patch.patch_size") -> nn.Module:
     return monai_unet(model, 3, in_channels, out_channels, patch_size, "unet", key=size_key)
 
 
 @NETWORKS_3D.register("dynunet")
 def _dynunet(model: ModelConfig, in_channels: int, out_channels: int, patch_size: Sequence[int],
-             size_key: str = "data.patch_size") -> nn.Module:
-    check_levels(model)
+             size_key: str = "patch.patch_size") -> nn.Module:
     require_divisible(patch_size, math.prod(model.strides), "dynunet", key=size_key)
     return DynUNet(
         spatial_dims=3,
@@ -76,7 +67,7 @@ def _dynunet(model: ModelConfig, in_channels: int, out_channels: int, patch_size
 
 @NETWORKS_3D.register("vnet")
 def _vnet(model: ModelConfig, in_channels: int, out_channels: int, patch_size: Sequence[int],
-          size_key: str = "data.patch_size") -> nn.Module:
+          size_key: str = "patch.patch_size") -> nn.Module:
     """MONAI's V-Net (Milletari et al. 2016); four stride-2 stages, so sides divisible by 16."""
     require_divisible(patch_size, 16, "vnet", key=size_key)
     p = model.dropout
@@ -96,14 +87,33 @@ def _preset(model: ModelConfig, sizes: dict, network: str):
     return sizes[model.size]
 
 
+class UNETRWithEncoder(UNETR):
+    """MONAI's UNETR with its ViT exposed as ``encoder`` (the name medseg freezes and scales); the
+    parameter names stay MONAI's (``vit.*``)."""
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.vit
+
+
+class SwinUNETRWithEncoder(SwinUNETR):
+    """MONAI's Swin UNETR with its Swin transformer exposed as ``encoder``; the parameter names stay
+    MONAI's (``swinViT.*``), which pretrained weights are saved under."""
+
+    @property
+    def encoder(self) -> SwinTransformer:
+        return self.swinViT
+
+
 @NETWORKS_3D.register("unetr")
 def _unetr(model: ModelConfig, in_channels: int, out_channels: int, patch_size: Sequence[int],
-           size_key: str = "data.patch_size") -> nn.Module:
+           size_key: str = "patch.patch_size") -> nn.Module:
     """UNETR (Hatamizadeh et al. 2022): a ViT over 16^3 tokens, so sides divisible by 16."""
     require_divisible(patch_size, 16, "unetr", key=size_key)
     feature, hidden, mlp, heads = _preset(model, UNETR_SIZES, "unetr")
-    network = UNETR(in_channels=in_channels, out_channels=out_channels, img_size=tuple(patch_size), feature_size=feature,
-                    hidden_size=hidden, mlp_dim=mlp, num_heads=heads, norm_name=model.norm, dropout_rate=model.dropout)
+    network = UNETRWithEncoder(in_channels=in_channels, out_channels=out_channels, img_size=tuple(patch_size),
+                               feature_size=feature, hidden_size=hidden, mlp_dim=mlp, num_heads=heads,
+                               norm_name=model.norm, dropout_rate=model.dropout)
     # MONAI builds a cross-attention norm in every block even without cross-attention; frozen, it is not
     # tracked by optimisers or DDP as a parameter that never receives a gradient.
     for name, parameter in network.named_parameters():
@@ -114,15 +124,17 @@ def _unetr(model: ModelConfig, in_channels: int, out_channels: int, patch_size: 
 
 @NETWORKS_3D.register("swin_unetr")
 def _swin_unetr(model: ModelConfig, in_channels: int, out_channels: int, patch_size: Sequence[int],
-                size_key: str = "data.patch_size") -> nn.Module:
+                size_key: str = "patch.patch_size") -> nn.Module:
     """Swin UNETR (Tang et al. 2022): five stride-2 stages, so sides divisible by 32."""
     require_divisible(patch_size, 32, "swin_unetr", key=size_key)
-    return SwinUNETR(in_channels=in_channels, out_channels=out_channels, feature_size=_preset(model, SWIN_SIZES, "swin_unetr"),
-                     norm_name=model.norm, drop_rate=model.dropout, use_checkpoint=model.gradient_checkpointing,
-                     use_v2=model.use_v2)
+    return SwinUNETRWithEncoder(in_channels=in_channels, out_channels=out_channels,
+                                feature_size=_preset(model, SWIN_SIZES, "swin_unetr"), norm_name=model.norm,
+                                drop_rate=model.dropout, use_checkpoint=model.gradient_checkpointing,
+                                use_v2=model.use_v2)
 
 
 def build_network_3d(model: ModelConfig, in_channels: int, out_channels: int, patch_size: Sequence[int],
-                     size_key: str = "data.patch_size") -> nn.Module:
+                     size_key: str = "patch.patch_size") -> nn.Module:
     """``size_key`` names the config key of ``patch_size`` in errors about sizes the network cannot take."""
-    return NETWORKS_3D.get(model.network)(model, in_channels, out_channels, patch_size, size_key=size_key)
+    builder = NETWORKS_3D.get(model.network, key="model.network")
+    return builder(model, in_channels, out_channels, patch_size, size_key=size_key)

@@ -25,10 +25,12 @@ class PretrainLoss(nn.Module):
 
     def forward(self, outputs: tuple[dict, dict], targets: tuple[dict, dict]) -> dict[str, torch.Tensor]:
         (out1, out2), (t1, t2) = outputs, targets
-        rotation = F.cross_entropy(torch.cat([out1["rotation"], out2["rotation"]]), torch.cat([t1["rotation"], t2["rotation"]]))
+        rotation = F.cross_entropy(torch.cat([out1["rotation"], out2["rotation"]]),
+                                   torch.cat([t1["rotation"], t2["rotation"]]))
         contrastive = self.contrastive(out1["embedding"].float(), out2["embedding"].float())
         inpainting = 0.5 * (masked_l1(out1["reconstruction"], t1["image"], t1["mask"])
                             + masked_l1(out2["reconstruction"], t2["image"], t2["mask"]))
         c = self.config
         total = c.rotation_weight * rotation + c.contrastive_weight * contrastive + c.inpainting_weight * inpainting
-        return {"loss": total, "loss_rotation": rotation, "loss_contrastive": contrastive, "loss_inpainting": inpainting}
+        return {"loss": total, "loss_rotation": rotation, "loss_contrastive": contrastive,
+                "loss_inpainting": inpainting}

@@ -14,6 +14,7 @@ from torch import nn
 from medseg.config import ModelConfig, PretrainConfig
 from medseg.errors import MedsegError
 from medseg.networks import build_network_3d
+from medseg.networks.volumetric import SwinUNETRWithEncoder
 from medseg.ssl.proxy_tasks import ROTATIONS
 
 UPSAMPLINGS = 5  # the encoder's bottleneck is 1/32 of the input
@@ -38,15 +39,24 @@ class SwinPretrainNetwork(nn.Module):
     """``forward`` returns rotation logits [B, 4], contrastive embeddings [B, E] and the inpainted
     volume [B, C, D, H, W] (one dict; the same keys always)."""
 
-    def __init__(self, model: ModelConfig, pretrain: PretrainConfig, patch_size: Sequence[int], in_channels: int = 1) -> None:
+    def __init__(
+        self, model: ModelConfig, pretrain: PretrainConfig, patch_size: Sequence[int], in_channels: int = 1
+    ) -> None:
         super().__init__()
         if model.network != "swin_unetr":
-            raise MedsegError(f"config key 'model.network': pretraining trains a Swin UNETR encoder; set it to swin_unetr, not '{model.network}'")
-        self.swinViT = build_network_3d(model, in_channels, 2, patch_size).swinViT
+            raise MedsegError("config key 'model.network': pretraining trains a Swin UNETR encoder; "
+                              f"set it to swin_unetr, not '{model.network}'")
+        network = build_network_3d(model, in_channels, 2, patch_size, size_key="pretrain.patch_size")
+        assert isinstance(network, SwinUNETRWithEncoder)  # the builder of model.network=swin_unetr makes one
+        self.swinViT = network.encoder
         dim = 2 * self.swinViT.num_features  # the last stage's patch merging doubles the channels
         self.rotation_head = nn.Linear(dim, ROTATIONS)
         self.contrastive_head = nn.Linear(dim, pretrain.embedding_dim)
         self.inpainting_head = _inpainting_decoder(dim, in_channels)
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.swinViT
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.swinViT(x, normalize=True)[-1]

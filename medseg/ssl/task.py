@@ -8,36 +8,24 @@ from monai.transforms import CenterSpatialCropd, RandSpatialCropSamplesd, Spatia
 from medseg.config import Config
 from medseg.data.transforms import augmentation
 from medseg.engine.pictures import grey_row
-from medseg.errors import MedsegError
+from medseg.engine.task import Task
 from medseg.ssl.losses import PretrainLoss
 from medseg.ssl.network import SwinPretrainNetwork
 from medseg.ssl.proxy_tasks import mask_cubes, rotate
-from medseg.strategies.base import Segmenter
 
 VALIDATION_SEED = 0
 
 
-def check_pretrain_sizes(config: Config) -> None:
-    """Rotations need a square axial plane; masking needs whole cubes."""
-    size, block = config.data.patch_size, config.pretrain.mask_block
-    if len(size) != 3 or size[0] != size[1]:
-        raise MedsegError(f"config key 'data.patch_size': pretraining rotates in the axial plane, so the first two sides must be equal, got {size}")
-    if block < 1 or any(s % block for s in size):
-        raise MedsegError(f"config key 'pretrain.mask_block': {block} must divide every side of data.patch_size {size}")
-    if not 0.0 < config.pretrain.mask_fraction < 1.0:
-        raise MedsegError(f"config key 'pretrain.mask_fraction': must be between 0 and 1, got {config.pretrain.mask_fraction}")
-
-
-class SwinPretrainer(Segmenter):
+class SwinPretrainer(Task):
     """Two views of each sub-volume, each rotated and masked at random; the network predicts the
     rotation, embeds the view (the two views of a sub-volume are the positive pair) and inpaints it."""
 
     monitor, monitor_mode = "val_loss", "min"
 
     def __init__(self, config: Config) -> None:
-        super().__init__(config)
-        check_pretrain_sizes(config)
-        self.patch_size = list(config.data.patch_size)
+        super().__init__()
+        self.config = config
+        self.patch_size = list(config.pretrain.patch_size)
         self.network = SwinPretrainNetwork(config.model, config.pretrain, self.patch_size)
         self.loss = PretrainLoss(config.pretrain)
 
@@ -45,13 +33,15 @@ class SwinPretrainer(Segmenter):
         data = self.config.data
         return [
             SpatialPadd("image", spatial_size=self.patch_size),
-            RandSpatialCropSamplesd("image", roi_size=self.patch_size, num_samples=data.samples_per_volume, random_size=False),
+            RandSpatialCropSamplesd("image", roi_size=self.patch_size, num_samples=data.samples_per_volume,
+                                    random_size=False),
             *augmentation(data.augment, keys=("image",)),
         ]
 
     def validation_sampling(self) -> list[Transform]:
         """One fixed sub-volume per validation image: the centre."""
-        return [SpatialPadd("image", spatial_size=self.patch_size), CenterSpatialCropd("image", roi_size=self.patch_size)]
+        return [SpatialPadd("image", spatial_size=self.patch_size),
+                CenterSpatialCropd("image", roi_size=self.patch_size)]
 
     def _views(self, image: torch.Tensor, generator: torch.Generator | None) -> tuple[dict, dict]:
         pretrain = self.config.pretrain

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from monai.networks.nets.swin_unetr import SwinTransformer
 from torch import nn
 
 from medseg.engine.checkpoint import load_tensors
@@ -37,7 +38,9 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     if path.is_dir():
         path = path / "best.pt"
     if not path.is_file():
-        raise MedsegError(f"{path}: pretrained weights not found (a pretraining run folder, its best.pt/last.pt, or model_swinvit.pt)")
+        raise MedsegError(
+            f"{path}: pretrained weights not found (a pretraining run folder, its best.pt/last.pt, or model_swinvit.pt)"
+        )
     state = load_tensors(path, "pretrained weights")
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # a medseg checkpoint
@@ -63,11 +66,14 @@ def encoder_key(key: str) -> str | None:
 
 
 def load_pretrained_encoder(network: nn.Module, path: str | Path) -> TransferReport:
-    """Copy the encoder tensors of ``path`` into ``network.swinViT``; shapes must agree (same size preset)."""
+    """Copy the encoder tensors of ``path`` into ``network.encoder``, a Swin transformer; shapes must agree
+    (same size preset)."""
     path = Path(path)
-    encoder = getattr(network, "swinViT", None)
-    if encoder is None:
-        raise MedsegError(f"config key 'model.pretrained': {path} holds a Swin UNETR encoder; set model.network=swin_unetr")
+    encoder = getattr(network, "encoder", None)
+    if not isinstance(encoder, SwinTransformer):
+        raise MedsegError(
+            f"config key 'model.pretrained': {path} holds a Swin UNETR encoder; set model.network=swin_unetr"
+        )
     own = encoder.state_dict()
     loaded, unexpected = {}, []
     for key, value in _read_weights(path).items():
@@ -76,7 +82,8 @@ def load_pretrained_encoder(network: nn.Module, path: str | Path) -> TransferRep
             unexpected.append(key)
         elif own[name].shape != value.shape:
             raise MedsegError(
-                f"{path}: encoder tensor '{name}' has shape {list(value.shape)}, this Swin UNETR has {list(own[name].shape)}; "
+                f"{path}: encoder tensor '{name}' has shape {list(value.shape)}, "
+                f"this Swin UNETR has {list(own[name].shape)}; "
                 "fine-tune with the model.size and model.use_v2 the encoder was pretrained with"
             )
         else:

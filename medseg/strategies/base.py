@@ -1,39 +1,47 @@
-"""The Segmenter protocol every volume strategy implements, and what ``predict_volume`` returns."""
+"""The Segmenter: a training task that can also segment a whole volume, which every strategy is."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import ClassVar
 
 import torch
 from monai.transforms import Transform
-from torch import nn
 
 from medseg.config import Config
 from medseg.engine.pictures import overlay
+from medseg.engine.task import Task
 from medseg.metrics import segmentation_metrics
 
 
 @dataclass
 class VolumePrediction:
-    """A prediction on the preprocessed grid: ``labels`` [D, H, W] and, when kept, ``probabilities``
-    [K, D, H, W] (softmax, sums to one over K). ``instances`` is for strategies that find objects."""
+    """A prediction on the preprocessed grid: ``labels`` [D, H, W] and ``probabilities`` [K, D, H, W]
+    (softmax, sums to one over K)."""
 
     labels: torch.Tensor
-    probabilities: torch.Tensor | None = None
-    instances: Any | None = None
+    probabilities: torch.Tensor
 
 
-class Segmenter(nn.Module):
+@dataclass
+class Cascade:
+    """A second model that predicts again at full resolution inside the region this one found, grown by
+    ``margin_mm``: ``run`` is its run folder, named by the config key ``key``."""
+
+    run: Path
+    margin_mm: float
+    key: str
+
+
+class Segmenter(Task):
     """A strategy: how volumes are sampled for training and how a whole volume is predicted.
 
-    The Trainer only calls ``training_step``, ``validation_step`` and the ``network`` attribute's
-    parameters; inference only calls ``predict_volume``. Hyperparameters come from the config.
+    ``inference_keys`` are the config keys (or key prefixes) of the strategy's own section that change
+    how a trained model predicts, not what it learned: ``medseg infer`` accepts overrides of those.
     """
 
-    network: nn.Module
-    ddp_find_unused_parameters = False  # True where a batch may not touch every parameter
-    monitor, monitor_mode = "val_mean_dice", "max"  # the validation figure that picks best.pt
+    inference_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Config) -> None:
         super().__init__()
@@ -41,13 +49,8 @@ class Segmenter(nn.Module):
         self.num_classes = len(config.data.class_names or [])
 
     @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    def encoder_parameters(self) -> list[nn.Parameter]:
-        """The pretrainable encoder's parameters (frozen or slowed by ``train.freeze_encoder_epochs`` and
-        ``train.encoder_lr_scale``); none unless the network has one."""
-        return []
+    def score_names(self) -> list[str]:
+        return list((self.config.data.class_names or [])[1:])
 
     def grid_transforms(self, with_label: bool) -> list[Transform]:
         """Deterministic steps after the shared preprocessing that put a volume on the grid the network
@@ -58,20 +61,20 @@ class Segmenter(nn.Module):
         """Transforms after preprocessing that turn a cached volume into training samples."""
         raise NotImplementedError
 
-    def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
-        """Loss terms for one batch; must hold ``"loss"``."""
+    def segment(self, image: torch.Tensor) -> VolumePrediction:
+        """Segment one preprocessed image [C, D, H, W] on its own grid."""
         raise NotImplementedError
 
-    def predict_volume(self, image: torch.Tensor) -> VolumePrediction:
-        """Segment one preprocessed image [C, D, H, W]."""
-        raise NotImplementedError
+    def cascade(self) -> Cascade | None:
+        """The model that refines this one's prediction at inference, if the config names one."""
+        return None
 
     def validation_step(self, batch: dict) -> dict[str, torch.Tensor]:
         """Per-class Dice of each whole validation volume (NaN where a class is absent from both), and
         the predicted ``labels`` (validation batches hold one volume, or volumes of one shape)."""
         dices, predictions = [], []
         for image, label in zip(batch["image"], batch["label"]):
-            pred = self.predict_volume(image).labels.cpu()
+            pred = self.segment(image).labels.cpu()
             metrics = segmentation_metrics(pred, label[0].cpu(), self.num_classes, include_hd95=False)
             dices.append(torch.as_tensor(metrics["dice"], dtype=torch.float32))
             predictions.append(pred)

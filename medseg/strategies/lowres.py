@@ -8,27 +8,27 @@ grid, slab by slab, as for every strategy.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from monai.transforms import Resized, Transform
 
 from medseg.config import Config
 from medseg.data.transforms import augmentation
-from medseg.errors import MedsegError
 from medseg.losses import build_loss
 from medseg.networks import build_network_3d
-from medseg.resample import class_argmax
-from medseg.strategies.base import Segmenter, VolumePrediction
-from medseg.strategies.patch import softmax_
+from medseg.resample import class_argmax, softmax_
+from medseg.strategies.base import Cascade, Segmenter, VolumePrediction
 
 
 class LowresSegmenter(Segmenter):
     """V-Net (or a 3D U-Net by name) on volumes resized to ``lowres.grid_size``."""
 
+    inference_keys = ("lowres.refine",)
+
     def __init__(self, config: Config) -> None:
         super().__init__(config)
         self.grid_size = list(config.lowres.grid_size)
-        if len(self.grid_size) != 3 or min(self.grid_size) < 1:
-            raise MedsegError(f"config key 'lowres.grid_size': expected three positive sizes, got {self.grid_size}")
         self.network = build_network_3d(config.model, 1, self.num_classes, self.grid_size, size_key="lowres.grid_size")
         self.loss = build_loss(config.train.loss)
 
@@ -44,9 +44,16 @@ class LowresSegmenter(Segmenter):
         return {"loss": self.loss(self.network(batch["image"]), batch["label"])}
 
     @torch.inference_mode()
-    def predict_volume(self, image: torch.Tensor) -> VolumePrediction:
+    def segment(self, image: torch.Tensor) -> VolumePrediction:
         device = self.device
         with torch.autocast(device.type, enabled=device.type == "cuda" and self.config.train.amp):
             logits = self.network(image[None].to(device))
         probabilities = softmax_(logits[0].float())
         return VolumePrediction(labels=class_argmax(probabilities), probabilities=probabilities)
+
+    def cascade(self) -> Cascade | None:
+        """``lowres.refine_run``: a patch model that predicts again at full resolution in the found region."""
+        lowres = self.config.lowres
+        if not lowres.refine_run:
+            return None
+        return Cascade(Path(lowres.refine_run), lowres.refine_margin_mm, "lowres.refine_run")

@@ -10,14 +10,8 @@ from medseg.config import Config
 from medseg.data.transforms import augmentation
 from medseg.losses import build_loss
 from medseg.networks import build_network_3d
-from medseg.resample import class_argmax
+from medseg.resample import class_argmax, softmax_
 from medseg.strategies.base import Segmenter, VolumePrediction
-
-
-def softmax_(logits: torch.Tensor, dim: int = 0) -> torch.Tensor:
-    """Softmax in place: whole-volume logits are the largest tensor of a prediction."""
-    logits.sub_(logits.amax(dim, keepdim=True)).exp_()
-    return logits.div_(logits.sum(dim, keepdim=True))
 
 
 class PatchSegmenter(Segmenter):
@@ -25,14 +19,9 @@ class PatchSegmenter(Segmenter):
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
-        self.patch_size = list(config.data.patch_size)
-        self.network = build_network_3d(config.model, 1, self.num_classes, self.patch_size)
+        self.patch_size = list(config.patch.patch_size)
+        self.network = build_network_3d(config.model, 1, self.num_classes, self.patch_size, size_key="patch.patch_size")
         self.loss = build_loss(config.train.loss)
-
-    def encoder_parameters(self) -> list[torch.nn.Parameter]:
-        network = getattr(self.network, "module", self.network)  # under DDP
-        encoder = getattr(network, "swinViT", None)
-        return list(encoder.parameters()) if encoder is not None else []
 
     def train_sampling(self) -> list[Transform]:
         data = self.config.data
@@ -67,16 +56,18 @@ class PatchSegmenter(Segmenter):
         )
 
     @torch.inference_mode()
-    def predict_volume(self, image: torch.Tensor) -> VolumePrediction:
+    def segment(self, image: torch.Tensor) -> VolumePrediction:
         device = self.device
         inferer = self._inferer(device)
         x = image[None].to(device)
         flips = [()] + [(axis + 2,) for axis in self.config.infer.mirror_axes]
-        logits = None
+        logits: torch.Tensor | None = None
         with torch.autocast(device.type, enabled=device.type == "cuda" and self.config.train.amp):
             for dims in flips:
-                out = inferer(x.flip(dims) if dims else x, self.network)
+                # MONAI types the result as the network's output structure; this network returns one tensor.
+                out: torch.Tensor = inferer(x.flip(dims) if dims else x, self.network)  # type: ignore[assignment]
                 out = (out.flip(dims) if dims else out).float()
                 logits = out if logits is None else logits.add_(out)
+        assert logits is not None  # flips starts with the unflipped pass
         probabilities = softmax_(logits[0].div_(len(flips)))
         return VolumePrediction(labels=class_argmax(probabilities), probabilities=probabilities)

@@ -9,25 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import warnings
-from collections.abc import Sequence
 
 import torch
 from monai.inferers import SliceInferer
-from monai.transforms import MapTransform, Randomizable, RandCropByPosNegLabeld, SpatialPadd, Transform
+from monai.transforms import SpatialPadd, Transform
 from torch import nn
 
 from medseg.config import Config
+from medseg.data.sampling import RandSliced, SliceCropd
 from medseg.data.transforms import augmentation
-from medseg.errors import MedsegError
 from medseg.losses import build_loss
-from medseg.metrics import segmentation_metrics
+from medseg.metrics import binary_dice, segmentation_metrics
 from medseg.networks import build_network_2d
-from medseg.resample import class_argmax
+from medseg.regions import bounding_box
+from medseg.resample import class_argmax, softmax_
 from medseg.strategies.base import Segmenter, VolumePrediction
-from medseg.strategies.patch import softmax_
-
-FUSIONS = ("mean", "majority", "single")
 
 
 def with_context(volume: torch.Tensor, axis: int, k: int) -> torch.Tensor:
@@ -39,46 +35,6 @@ def with_context(volume: torch.Tensor, axis: int, k: int) -> torch.Tensor:
     index = torch.arange(size, device=volume.device)
     shifted = [volume.index_select(1 + axis, (index + d).clamp(0, size - 1)) for d in range(-k, k + 1)]
     return torch.cat(shifted, dim=0)
-
-
-class RandSliced(Randomizable, MapTransform):
-    """Pick an axis and a slice (a slice holding foreground with probability ``pos_fraction``) from a
-    cached volume; returns 2D ``image`` [C*(2k+1), H, W], ``label`` [1, H, W] and ``axis``."""
-
-    def __init__(self, axes: Sequence[int], context: int, pos_fraction: float) -> None:
-        super().__init__(("image", "label"))
-        self.axes, self.context, self.pos_fraction = list(axes), context, pos_fraction
-
-    def randomize(self, label: torch.Tensor) -> tuple[int, int]:
-        axis = int(self.R.choice(self.axes))
-        others = tuple(d for d in (1, 2, 3) if d != 1 + axis)
-        with_foreground = torch.nonzero(label[0].bool().any(dim=tuple(d - 1 for d in others))).flatten()
-        if len(with_foreground) and self.R.rand() < self.pos_fraction:
-            return axis, int(with_foreground[self.R.randint(len(with_foreground))])
-        return axis, int(self.R.randint(label.shape[1 + axis]))
-
-    def __call__(self, data: dict) -> dict:
-        d = dict(data)
-        # Plain tensors: a slice has no 3D affine, and MetaTensor would make MONAI treat it as 3D.
-        image, label = (torch.as_tensor(d[k]).as_subclass(torch.Tensor) for k in ("image", "label"))
-        axis, index = self.randomize(label)
-        size = image.shape[1 + axis]
-        neighbours = (torch.arange(index - self.context, index + self.context + 1)).clamp(0, size - 1)
-        stack = image.index_select(1 + axis, neighbours).movedim(1 + axis, 1)  # [C, 2k+1, H, W]
-        d["image"] = stack.reshape(-1, *stack.shape[2:])
-        d["label"] = label.select(1 + axis, index)  # [1, H, W]
-        d["axis"] = axis
-        return d
-
-
-class SliceCropd(RandCropByPosNegLabeld):
-    """Foreground-biased crop of a slice. Slices without foreground are expected here (the slice sampler
-    draws them on purpose), so MONAI's warning about them is silenced."""
-
-    def __call__(self, data, lazy=None):
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Num foregrounds 0", category=UserWarning)
-            return super().__call__(data, lazy=lazy)
 
 
 class AxisNetworks(nn.Module):
@@ -99,8 +55,6 @@ class AxisFusion:
     probability, and reports vote fractions as probabilities."""
 
     def __init__(self, method: str) -> None:
-        if method not in FUSIONS:
-            raise MedsegError(f"config key 'slice2d.fusion': expected one of {', '.join(FUSIONS)}, got '{method}'")
         self.method, self.count = method, 0
         self.total: torch.Tensor | None = None
         self.votes: torch.Tensor | None = None
@@ -114,47 +68,30 @@ class AxisFusion:
         self.total = probabilities if self.total is None else self.total.add_(probabilities)
 
     def result(self) -> VolumePrediction:
+        if self.total is None:
+            raise ValueError("AxisFusion.result: no axis prediction was added")
         mean = self.total.div_(self.count)
         if self.method == "majority":
+            assert self.votes is not None  # add() counts the votes in majority mode
             labels = class_argmax(self.votes + 1e-3 * mean)
             return VolumePrediction(labels=labels, probabilities=self.votes.div_(self.count))
         return VolumePrediction(labels=class_argmax(mean), probabilities=mean)
-
-
-def crop_box(mask: torch.Tensor, margin: int) -> tuple[slice, ...] | None:
-    """Bounding box of ``mask`` grown by ``margin`` voxels and clipped to the volume; None if empty."""
-    nonzero = torch.nonzero(mask)
-    if len(nonzero) == 0:
-        return None
-    low = (nonzero.min(0).values - margin).clamp(min=0)
-    high = torch.minimum(nonzero.max(0).values + margin + 1, torch.as_tensor(mask.shape, device=mask.device))
-    return tuple(slice(int(a), int(b)) for a, b in zip(low, high))
-
-
-def binary_dice(a: torch.Tensor, b: torch.Tensor) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
 
 
 class SliceSegmenter(Segmenter):
     """2D slices for training (random axis, foreground-biased); SliceInferer per axis and fusion to predict."""
 
     ddp_find_unused_parameters = True  # a batch may hold slices of only some axes
+    inference_keys = ("slice2d.fusion", "slice2d.refine")
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
         s = config.slice2d
-        if not s.axes or any(a not in (0, 1, 2) for a in s.axes) or len(set(s.axes)) != len(s.axes):
-            raise MedsegError(f"config key 'slice2d.axes': expected distinct axes among 0, 1, 2, got {s.axes}")
-        if s.fusion == "single" and s.fusion_axis not in s.axes:
-            raise MedsegError(f"config key 'slice2d.fusion_axis': {s.fusion_axis} is not among slice2d.axes {s.axes}")
-        AxisFusion(s.fusion)  # validates the method name early
         self.axes = list(s.axes)
         in_channels = 2 * s.context_slices + 1
         count = 1 if s.shared_model else len(self.axes)
-        self.network = AxisNetworks(
-            [build_network_2d(config.model, in_channels, self.num_classes, s.patch_size) for _ in range(count)], self.axes
-        )
+        networks = [build_network_2d(config.model, in_channels, self.num_classes, s.patch_size) for _ in range(count)]
+        self.network = AxisNetworks(networks, self.axes)
         self.loss = build_loss(config.train.loss)
 
     def train_sampling(self) -> list[Transform]:
@@ -171,11 +108,14 @@ class SliceSegmenter(Segmenter):
 
     def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
         axes = torch.as_tensor(batch["axis"])
-        total = 0.0
+        total: torch.Tensor | None = None
         for axis in axes.unique().tolist():
             chosen = axes == axis
             logits = self.network(batch["image"][chosen], axis=axis)
-            total = total + self.loss(logits, batch["label"][chosen]) * chosen.float().mean()
+            term = self.loss(logits, batch["label"][chosen]) * chosen.float().mean()
+            total = term if total is None else total + term
+        if total is None:
+            raise ValueError("SliceSegmenter.training_step: the batch holds no slices")
         return {"loss": total}
 
     def axis_probabilities(self, image: torch.Tensor, axis: int) -> torch.Tensor:
@@ -201,11 +141,11 @@ class SliceSegmenter(Segmenter):
         return fusion.result()
 
     @torch.inference_mode()
-    def predict_volume(self, image: torch.Tensor, axis_labels: dict | None = None) -> VolumePrediction:
+    def segment(self, image: torch.Tensor, axis_labels: dict | None = None) -> VolumePrediction:
         s = self.config.slice2d
         prediction = self._fused(image, axis_labels)
         for _ in range(s.refine_rounds):
-            box = crop_box(prediction.labels > 0, s.refine_margin)
+            box = bounding_box(prediction.labels > 0, s.refine_margin)
             if box is None:
                 break
             inner = self._fused(image[(slice(None), *box)])
@@ -225,7 +165,7 @@ class SliceSegmenter(Segmenter):
         out: dict[str, list] = {"dice": [], "labels": [], **{f"dice_axis{a}": [] for a in self.axes}}
         for image, label in zip(batch["image"], batch["label"]):
             axis_labels: dict[int, torch.Tensor] = {}
-            fused = self.predict_volume(image, axis_labels).labels.cpu()
+            fused = self.segment(image, axis_labels).labels.cpu()
             target = label[0].cpu()
             for key, pred in [("dice", fused), *((f"dice_axis{a}", p.cpu()) for a, p in axis_labels.items())]:
                 dice = segmentation_metrics(pred, target, self.num_classes, include_hd95=False)["dice"]

@@ -1,0 +1,193 @@
+"""Predictor: a run folder -> predictions for new scans, written in each scan's own geometry."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.transforms import Compose
+from tqdm import tqdm
+
+from medseg.config import Config, config_from_dict
+from medseg.data.datasets import list_inputs
+from medseg.data.transforms import preprocessing
+from medseg.engine.checkpoint import load_checkpoint
+from medseg.errors import MedsegError
+from medseg.io import Volume, atomic_output, case_id, read_volume, write_volume
+from medseg.regions import bounding_box
+from medseg.resample import probabilities_to_grid
+from medseg.strategies import STRATEGIES, build_segmenter
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise MedsegError("--device cuda: no CUDA device is available on this machine")
+    if name not in ("cpu", "cuda"):
+        raise MedsegError(f"--device: expected auto, cpu or cuda, got '{name}'")
+    return torch.device(name)
+
+
+@dataclass
+class CasePrediction:
+    """Labels (uint8) on the input's own grid; probabilities [K, ...] float16 when asked for."""
+
+    labels: np.ndarray
+    affine: np.ndarray
+    header: nib.Nifti1Header | None
+    probabilities: np.ndarray | None = None
+
+
+def _checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
+    if not run_dir.is_dir():
+        raise MedsegError(f"{run_dir}: run folder not found")
+    path = run_dir / checkpoint
+    if not path.exists() and checkpoint == "best.pt":
+        if not (run_dir / "last.pt").exists():
+            raise MedsegError(
+                f"{run_dir}: not a run folder (no best.pt or last.pt); give the folder 'medseg train' wrote"
+            )
+        path = run_dir / "last.pt"  # stopped before its first validation
+    return path
+
+
+class Predictor:
+    """Loads a run folder's checkpoint (weights only) and the resolved config it was trained with."""
+
+    def __init__(
+        self, run_dir: str | Path, device: str = "auto", checkpoint: str = "best.pt", overrides: list[str] | None = None
+    ) -> None:
+        state = load_checkpoint(_checkpoint_path(Path(run_dir), checkpoint))
+        saved = config_from_dict(state["config"])
+        if saved.command != "train":
+            raise MedsegError(
+                f"{run_dir}: a 'medseg {saved.command}' run, not a segmentation model from 'medseg train'"
+            )
+        # Settings that change how a trained model predicts, not what it learned.
+        allowed = ("infer.", *STRATEGIES.get(saved.model.strategy).inference_keys)
+        for item in overrides or []:
+            if not item.startswith(allowed):
+                raise MedsegError(f"override '{item}': at inference only {', '.join(allowed)}* keys can change")
+        self.config: Config = config_from_dict(state["config"], overrides)
+        self.device = resolve_device(device)
+        self.segmenter = build_segmenter(self.config)
+        self.segmenter.load_state_dict(state["model"])
+        self.segmenter.to(self.device).eval()
+        self.preprocess = Compose(preprocessing(self.config.data, with_label=False)
+                                  + self.segmenter.grid_transforms(with_label=False))
+        self.cascade = self.segmenter.cascade()
+        self.refiner = self._refiner(device) if self.cascade else None
+
+    def _refiner(self, device: str) -> Predictor:
+        assert self.cascade is not None
+        refiner = Predictor(self.cascade.run, device=device)
+        if refiner.config.model.strategy != "patch" or refiner.class_names != self.class_names:
+            raise MedsegError(f"config key '{self.cascade.key}': {self.cascade.run} must be a patch run with the same "
+                              f"classes ({', '.join(self.class_names)})")
+        return refiner
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.config.data.class_names or [])
+
+    def predict_file(self, path: str | Path, keep_probabilities: bool = False) -> CasePrediction:
+        """Read a scan once, predict it, and keep its NIfTI header for the output."""
+        volume = read_volume(path)
+        labels, probabilities, affine = self.predict_case(volume, keep_probabilities)
+        return CasePrediction(labels, affine, volume.header, probabilities)
+
+    def predict_case(
+        self, source: Path | Volume, keep_probabilities: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """Preprocess as in training, segment, and resample class probabilities back to the grid of
+        ``source`` (a file or an in-memory Volume): labels, optionally probabilities, and that grid's
+        affine. With a cascade the refining model predicts again inside the region found here."""
+        if self.refiner is not None and not isinstance(source, Volume):
+            source = read_volume(source)  # read once: the cascade crops the same voxels again
+        image = self.preprocess({"image": source})["image"]
+        grid_affine = image.affine.numpy()
+        original_affine = image.meta["original_affine"].numpy()
+        d, h, w = (int(s) for s in image.meta["spatial_shape"])
+        original_shape = (d, h, w)
+        prediction = self.segmenter.segment(image.as_tensor())
+        del image
+        labels, probabilities = probabilities_to_grid(
+            prediction.probabilities, grid_affine, original_affine, original_shape, keep_probabilities
+        )
+        if self.refiner is not None:
+            assert isinstance(source, Volume)
+            labels, probabilities = self._refine(source, labels, probabilities, original_affine, keep_probabilities)
+        return labels, probabilities, original_affine
+
+    def _refine(self, source: Volume, labels: np.ndarray, probabilities: np.ndarray | None, affine: np.ndarray,
+                keep_probabilities: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Cascade: crop the input to the found region plus a margin and let the refining model decide."""
+        assert self.refiner is not None and self.cascade is not None
+        spacing = np.linalg.norm(affine[:3, :3], axis=0)
+        box = bounding_box(labels > 0, np.ceil(self.cascade.margin_mm / spacing).astype(int))
+        if box is None:
+            return labels, probabilities
+        low = np.array([b.start for b in box])
+        crop_affine = affine.copy()
+        crop_affine[:3, 3] = affine[:3, :3] @ low + affine[:3, 3]
+        crop = Volume(np.ascontiguousarray(source.array[box]), crop_affine)
+        inner_labels, inner_probabilities, _ = self.refiner.predict_case(crop, keep_probabilities)
+        refined = np.zeros_like(labels)
+        refined[box] = inner_labels
+        if probabilities is not None:
+            probabilities[:] = 0
+            probabilities[0] = 1
+            probabilities[(slice(None), *box)] = inner_probabilities
+        return refined, probabilities
+
+    def predict_paths(self, inputs: str | Path, output_dir: str | Path, **options: Any) -> list[Path]:
+        """Predict an image file, a DICOM folder or a folder of images (see ``predict_files``)."""
+        return self.predict_files(list_inputs(inputs), output_dir, **options)
+
+    def predict_files(
+        self,
+        files: list[Path],
+        output_dir: str | Path,
+        overwrite: bool = False,
+        save_probabilities: bool = False,
+        progress: bool = True,
+        log: Callable[[str], None] = print,
+    ) -> list[Path]:
+        """Predict each file into ``output_dir/<case>.nii.gz`` (uint8 labels, the input's geometry).
+
+        All output names are checked before any work starts: existing outputs are kept unless
+        ``overwrite``; an output that would replace one of the inputs is always refused.
+        """
+        output_dir = Path(output_dir)
+        targets = [output_dir / f"{case_id(f)}.nii.gz" for f in files]
+        if len(set(targets)) != len(targets):
+            raise MedsegError(f"{output_dir}: several inputs map to the same case name; rename them")
+        sources = {f.resolve() for f in files}
+        for target in targets:
+            if target.resolve() in sources:
+                raise MedsegError(f"{target}: output would overwrite an input image; choose another -o folder")
+            if target.exists() and not overwrite:
+                raise MedsegError(f"{target}: already exists; pass --overwrite to replace it")
+        written = []
+        bar = tqdm(list(zip(files, targets)), desc="infer", unit="case", disable=None if progress else True)
+        for source, target in bar:
+            start = time.perf_counter()
+            result = self.predict_file(source, keep_probabilities=save_probabilities)
+            write_volume(target, result.labels, result.affine, reference_header=result.header)
+            if result.probabilities is not None:
+                npz = target.with_name(f"{case_id(source)}_probabilities.npz")
+                with atomic_output(npz) as tmp, open(tmp, "wb") as f:
+                    np.savez_compressed(
+                        f, probabilities=result.probabilities, affine=result.affine, class_names=self.class_names
+                    )
+            written.append(target)
+            message = f"{source.name} -> {target} ({time.perf_counter() - start:.1f} s)"
+            bar.write(message) if not bar.disable else log(message)
+        return written

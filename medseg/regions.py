@@ -1,0 +1,23 @@
+"""Bounding boxes of label regions: the one helper behind coarse-to-fine refinement, the lowres cascade
+and the cropping that keeps metrics cheap."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+
+def bounding_box(mask: np.ndarray | torch.Tensor, margin: int | Sequence[int] = 0) -> tuple[slice, ...] | None:
+    """The box around the non-zero voxels of ``mask``, grown by ``margin`` voxels (one value, or one per
+    axis) and clipped to the array; None when the mask is empty."""
+    if isinstance(mask, torch.Tensor):
+        mask = mask.detach().cpu().numpy()
+    found = [np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+             for axis in range(mask.ndim)]
+    if any(len(f) == 0 for f in found):
+        return None
+    margins = [int(margin)] * mask.ndim if isinstance(margin, (int, np.integer)) else [int(m) for m in margin]
+    return tuple(slice(max(int(f[0]) - m, 0), min(int(f[-1]) + m + 1, size))
+                 for f, m, size in zip(found, margins, mask.shape))

@@ -1,0 +1,67 @@
+"""What ``train`` and ``compare`` do before anything is written: resolve the config, find and check the
+dataset, split it and plan the data-dependent values; or read back a run folder to resume. A helper of
+the workflows, not a workflow: nothing here creates a file."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from medseg.config import Config, load_config
+from medseg.data.checks import check_headers
+from medseg.data.datasets import Case, discover_dataset
+from medseg.data.planning import plan
+from medseg.data.splits import make_split
+from medseg.engine.run_folder import new_run_dir, read_run_to_resume
+from medseg.errors import MedsegError
+
+
+@dataclass
+class LabelledRun:
+    """A resolved config, its split, the run folder it will write and the dataset's cases by id."""
+
+    config: Config
+    split: dict[str, list[str]]
+    run_dir: Path
+    cases: dict[str, Case]
+
+    def __post_init__(self) -> None:
+        missing = [i for i in self.split["train"] + self.split["validation"] if i not in self.cases]
+        if missing:
+            raise MedsegError(f"{self.config.data.root}: split names cases that are not in the dataset: "
+                              f"{', '.join(missing[:5])}")
+
+    def part(self, name: str) -> list[Case]:
+        """The cases of ``split[name]`` (``train`` or ``validation``)."""
+        return [self.cases[i] for i in self.split[name]]
+
+
+def prepare_labelled_run(command: str, config_path: str | Path | None, data_dir: str | Path | None,
+                         output: str | Path | None, overrides: list[str]) -> LabelledRun:
+    """Config, dataset, header checks, split and plan of a new run; raises before anything is written."""
+    config = load_config(config_path, overrides, command=command)
+    if data_dir is not None:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=str(data_dir)))
+    if not config.data.root:
+        raise MedsegError("no dataset: pass --data DIR or set data.root in the config")
+    run_dir = new_run_dir(output, config.name)
+    dataset = discover_dataset(config.data.root)
+    # Absolute, so the saved config still finds the data when resumed from another folder.
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=str(dataset.root.resolve())))
+    cases = dataset.cases[: config.data.max_cases] if config.data.max_cases else dataset.cases
+    check_headers(cases, len(dataset.class_names) if dataset.class_names else None)
+    d = config.data
+    split = make_split([c.case_id for c in cases], d.val_fraction, d.num_folds, d.fold, d.split_seed, d.train_fraction)
+    by_id = {c.case_id: c for c in cases}
+    config = plan(config, dataset, [by_id[i] for i in split["train"]])
+    if config.model.pretrained:  # absolute, like data.root
+        config.model.pretrained = str(Path(config.model.pretrained).resolve())
+    return LabelledRun(config, split, run_dir, by_id)
+
+
+def resume_labelled_run(command: str, output: str | Path | None, overrides: list[str],
+                        required: tuple[str, ...] = ("config.yaml", "split.json", "last.pt")) -> LabelledRun:
+    """The saved config (with ``overrides``), split and dataset of a run folder of ``command``."""
+    config, split, run_dir = read_run_to_resume(output, overrides, command, required)
+    return LabelledRun(config, split, run_dir, {c.case_id: c for c in discover_dataset(config.data.root or "").cases})

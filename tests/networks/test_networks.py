@@ -1,0 +1,44 @@
+"""Network builders: presets and the size checks that give a clear error instead of a shape crash."""
+
+import pytest
+import torch
+
+from medseg.config import load_config
+from medseg.errors import MedsegError
+from medseg.networks import NETWORKS_2D, NETWORKS_3D, build_network_2d, build_network_3d
+
+
+def _model(*overrides):
+    return load_config(None, list(overrides)).model
+
+
+def test_registries_list_every_network():
+    assert NETWORKS_3D.names() == ["dynunet", "swin_unetr", "unet", "unetr", "vnet"]
+    assert NETWORKS_2D.names() == ["fcn", "unet2d"]
+    with pytest.raises(MedsegError, match="unknown 3D network 'swin'; valid names: dynunet, swin_unetr"):
+        build_network_3d(_model("model.network=swin"), 1, 2, [64, 64, 64])
+
+
+@pytest.mark.parametrize(("network", "size", "factor"), [("swin_unetr", [64, 64, 48], 32), ("unetr", [32, 32, 24], 16),
+                                                        ("vnet", [32, 32, 24], 16), ("unet", [32, 32, 30], 16)])
+def test_sizes_the_network_cannot_take_are_refused(network, size, factor):
+    with pytest.raises(MedsegError, match=rf"patch.patch_size.*divisible by {factor}"):
+        build_network_3d(_model(f"model.network={network}", "model.size=tiny"), 1, 2, size)
+
+
+def test_transformer_presets_and_options():
+    with pytest.raises(MedsegError, match="model.size"):
+        build_network_3d(_model("model.network=unetr", "model.size=huge"), 1, 2, [32, 32, 32])
+    tiny = build_network_3d(_model("model.network=swin_unetr", "model.size=tiny"), 1, 2, [64, 64, 64])
+    base = build_network_3d(_model("model.network=swin_unetr", "model.size=base", "model.use_v2=true",
+                                   "model.gradient_checkpointing=true"), 1, 2, [64, 64, 64])
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(base) > 10 * count(tiny)
+    assert hasattr(base.swinViT, "layers1c") and not hasattr(tiny.swinViT, "layers1c")  # v2's extra conv blocks
+    assert any(getattr(m, "use_checkpoint", False) for m in base.modules())
+
+
+def test_fcn_takes_any_number_of_input_channels():
+    fcn = build_network_2d(_model("model.network=fcn"), 5, 3, [64, 64]).eval()
+    with torch.no_grad():
+        assert fcn(torch.randn(1, 5, 48, 40)).shape == (1, 3, 48, 40)

@@ -1,0 +1,116 @@
+"""One contract for every volume strategy and network: tiny networks, CPU, batch 1."""
+
+import dataclasses
+
+import pytest
+import torch
+from monai.data import MetaTensor, list_data_collate
+from monai.transforms import Compose
+
+from medseg.config import load_config
+from medseg.strategies import STRATEGIES, build_segmenter
+from tests.helpers import TINY
+
+VARIANTS = [
+    ("patch", ["model.network=unet"]),
+    ("patch", ["model.network=dynunet"]),
+    ("slice2d", ["model.network=unet2d"]),
+    ("slice2d", ["model.network=unet2d", "slice2d.shared_model=true", "slice2d.context_slices=1"]),
+    ("slice2d", ["model.network=fcn", "slice2d.axes=[2]", "slice2d.fusion=single"]),
+    ("patch", ["model.network=unetr", "model.size=tiny"]),
+    ("patch", ["model.network=swin_unetr", "model.size=tiny", "model.use_v2=true", "patch.patch_size=[64,64,64]"]),
+    ("lowres", ["model.network=vnet", "lowres.grid_size=[32,32,32]"]),
+    ("lowres", ["model.network=unet", "lowres.grid_size=[32,32,16]"]),
+]
+
+
+def _segmenter(strategy, extra):
+    config = load_config(None, [*TINY, f"model.strategy={strategy}", *extra])
+    data = dataclasses.replace(config.data, class_names=["background", "a", "b"], modality="ct",
+                               intensity_window=[-100.0, 200.0])
+    torch.manual_seed(0)
+    return build_segmenter(dataclasses.replace(config, data=data))
+
+
+def _batch(size=(32, 32, 32)):
+    """A whole volume as validation sees it: a bright cube (class 1) and a dark slab (class 2) on noise."""
+    g = torch.Generator().manual_seed(0)
+    image = torch.randn((1, 1, *size), generator=g) * 0.1
+    label = torch.zeros((1, 1, *size), dtype=torch.uint8)
+    image[..., 8:20, 8:20, 8:20] += 1.0
+    label[..., 8:20, 8:20, 8:20] = 1
+    image[..., 24:28, :, :] -= 1.0
+    label[..., 24:28, :, :] = 2
+    return {"image": image, "label": label}
+
+
+def _on_grid(segmenter, batch):
+    """A whole-volume batch put on the strategy's own grid (what its cached volumes look like)."""
+    keys = ("image", "label") if "label" in batch else ("image",)
+    grid = Compose(segmenter.grid_transforms(with_label="label" in batch))
+    item = grid({k: MetaTensor(batch[k][0]) for k in keys})
+    return {k: item[k][None] for k in keys}
+
+
+def _training_batch(segmenter, volumes=2):
+    """Training samples made by the strategy's own sampling transforms from cached-like volumes."""
+    volume = _on_grid(segmenter, _batch())
+    sampling = Compose(segmenter.train_sampling())
+    sampling.set_random_state(seed=0)
+    samples = [sampling({"image": MetaTensor(volume["image"][0]), "label": MetaTensor(volume["label"][0])})
+               for _ in range(volumes)]
+    return list_data_collate(samples)
+
+
+def test_every_registered_strategy_is_covered():
+    assert {s for s, _ in VARIANTS} == set(STRATEGIES.names())
+
+
+@pytest.mark.parametrize(("strategy", "extra"), VARIANTS, ids=[f"{s}-{e[0]}" for s, e in VARIANTS])
+class TestSegmenterContract:
+    def test_training_step_gives_finite_loss_and_gradients(self, strategy, extra):
+        segmenter = _segmenter(strategy, extra).train()
+        losses = segmenter.training_step(_training_batch(segmenter, volumes=6))  # slices of every axis
+        assert losses["loss"].ndim == 0 and torch.isfinite(losses["loss"])
+        losses["loss"].backward()
+        grads = [p.grad for p in segmenter.parameters() if p.requires_grad]
+        assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+
+    def test_loss_decreases_when_fitting_one_batch(self, strategy, extra):
+        segmenter = _segmenter(strategy, extra).train()
+        optimizer = torch.optim.Adam(segmenter.parameters(), lr=1e-2)
+        batch = _training_batch(segmenter)
+        losses = []
+        for _ in range(15):
+            optimizer.zero_grad()
+            loss = segmenter.training_step(batch)["loss"]
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        assert losses[-1] < 0.7 * losses[0]
+
+    def test_predict_volume_covers_any_shape_and_probabilities_sum_to_one(self, strategy, extra):
+        segmenter = _segmenter(strategy, extra).eval()
+        image = _on_grid(segmenter, {"image": torch.randn((1, 1, 37, 29, 41))})["image"][0]
+        shape = tuple(image.shape[1:])
+        prediction = segmenter.segment(image)
+        assert prediction.labels.shape == shape and prediction.labels.dtype == torch.uint8
+        assert prediction.probabilities.shape == (3, *shape)
+        torch.testing.assert_close(prediction.probabilities.sum(0), torch.ones(shape))
+        torch.testing.assert_close(prediction.labels.long(), prediction.probabilities.argmax(0))
+
+    def test_validation_step_gives_dice_per_class(self, strategy, extra):
+        segmenter = _segmenter(strategy, extra).eval()
+        with torch.no_grad():
+            dice = segmenter.validation_step(_on_grid(segmenter, _batch()))["dice"]
+        assert dice.shape == (1, 2)
+        assert ((dice >= 0) & (dice <= 1)).all()
+
+    def test_state_dict_round_trip_gives_identical_predictions(self, strategy, extra):
+        first = _segmenter(strategy, extra).eval()
+        second = _segmenter(strategy, extra)
+        torch.manual_seed(123)
+        second = type(second)(second.config).eval()  # different initial weights
+        second.load_state_dict(first.state_dict())
+        image = _on_grid(first, {"image": torch.randn((1, 1, 32, 32, 32))})["image"][0]
+        torch.testing.assert_close(first.segment(image).probabilities, second.segment(image).probabilities)
