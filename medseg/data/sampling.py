@@ -40,7 +40,7 @@ class RandSliced(Randomizable, MapTransform):
         neighbours = (torch.arange(index - self.context, index + self.context + 1)).clamp(0, size - 1)
         stack = image.index_select(1 + axis, neighbours).movedim(1 + axis, 1)  # [C, 2k+1, H, W]
         d["image"] = stack.reshape(-1, *stack.shape[2:])
-        d["label"] = label.select(1 + axis, index)  # [1, H, W]
+        d["label"] = label.select(1 + axis, index).clone()  # [1, H, W], a copy: the cache stays untouched
         d["axis"] = axis
         return d
 

@@ -147,7 +147,7 @@ def run_compare(
     log(f"{len(split['train'])} training and {len(split['validation'])} validation cases; caching preprocessed volumes")
     volumes = volume_transforms(config)
     train_loader, val_loader = make_loaders(config, _items(run.part("train")), _items(run.part("validation")),
-                                            volumes + slice_sampling(config), volumes)
+                                            volumes + slice_sampling(config), volumes, sampling_copies=True)
     if is_main_process():
         create_run_folder(run_dir, config, split)
     log(f"output folder: {run_dir}")
