@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "train", help="train a model from a YAML config",
-        usage="medseg train CONFIG.yaml [--data DIR] [--output DIR] [--resume] [KEY=VALUE ...]",
+        usage="medseg train [CONFIG.yaml] [--data DIR] [--output DIR] [--resume] [KEY=VALUE ...]",
         epilog="KEY=VALUE: override any config key, e.g. train.max_epochs=5 train.max_minutes=10 "
                "patch.patch_size=[64,64,64]",
     )
@@ -56,6 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="KEY=VALUE: override any config key, e.g. train.max_minutes=5 compare.models=[fcn,unet2d]",
     )
     _run_arguments(p, "pipelines/compare2d_openkbp.yaml", DATASET_HELP)
+
+    p = sub.add_parser(
+        "plan", help="plan a pipeline for a dataset: spacing, normalisation, sampling, patch, network, batch",
+        usage="medseg plan DATA [-o PLAN.yaml] [--strategy patch|slice2d|lowres] [--minutes M] [--device cpu|cuda]",
+        epilog="KEY=VALUE: settings the plan is made under, e.g. data.val_fraction=0.1 (the split it plans from)",
+    )
+    p.add_argument("data", help=DATASET_HELP.removesuffix("; overrides data.root"))
+    p.add_argument("-o", "--output", help="pipeline YAML to write (default: print it)")
+    p.add_argument("--strategy", default="patch", choices=["patch", "slice2d", "lowres"])
+    p.add_argument("--minutes", type=float, default=None, help="training time budget the plan fits (default: none)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device the plan is made for")
+    p.set_defaults(overrides=[])
 
     p = sub.add_parser(
         "infer", help="segment images with a trained run folder",
@@ -109,8 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(overrides)}")
     if overrides:
         args.overrides = overrides
-    if hasattr(args, "resume") and not args.resume and args.config is None:
-        parser.error(f"{args.command}: give a CONFIG (or --resume --output RUN_DIR)")
+    planned = args.command == "train" and getattr(args, "data", None)  # no CONFIG: plan from the data
+    if hasattr(args, "resume") and not args.resume and args.config is None and not planned:
+        parser.error(f"{args.command}: give a CONFIG (or --resume --output RUN_DIR)"
+                     + (" or --data DIR to plan one" if args.command == "train" else ""))
     try:
         # Each command's module (and torch with it) is imported only when that command runs.
         return importlib.import_module(f"medseg.commands.{args.command}").run(args)

@@ -41,6 +41,13 @@ class DataConfig:
     """Where the data is, how volumes become network inputs, and how training samples are drawn
     (shared by every command). Each strategy's input size lives in its own section.
 
+    ``normalization``: ``window`` clips CT to ``intensity_window`` and scales it to [0, 1];
+    ``ct_zscore`` clips to ``intensity_window`` then z-scores with ``intensity_mean``/``intensity_std``
+    (nnU-Net's CT scheme, from foreground statistics); ``zscore`` standardises each image on its own;
+    ``auto`` is ``window`` for CT and ``zscore`` otherwise. ``sampling``: ``pos_neg`` centres
+    ``pos_fraction`` of the crops on foreground; ``classes`` centres them on each class in proportion
+    to ``class_ratios`` (background first), which reaches rare classes.
+
     ``train_fraction`` < 1 trains on a seeded subset of the training split (label-efficiency studies).
     """
 
@@ -49,8 +56,13 @@ class DataConfig:
     class_names: list[str] | None = None
     spacing: list[float] | None = None
     orientation: str = "RAS"
+    normalization: Literal["auto", "window", "ct_zscore", "zscore"] = "auto"
     intensity_window: list[float] | None = None
+    intensity_mean: float | None = None
+    intensity_std: float | None = None
     crop_foreground: bool = True
+    sampling: Literal["pos_neg", "classes"] = "pos_neg"
+    class_ratios: list[float] | None = None
     samples_per_volume: int = 2
     pos_fraction: float = 0.67
     val_fraction: float = 0.2
@@ -68,8 +80,9 @@ class DataConfig:
 class ModelConfig:
     """Which strategy and network; network fields are read by the builders in ``medseg.networks``.
 
-    ``channels``/``strides``/``num_res_units`` shape the U-Nets; ``size`` (tiny, small, base) picks the
-    transformer presets of ``unetr`` and ``swin_unetr``; ``use_v2`` selects Swin UNETR v2 and
+    ``channels``/``strides``/``num_res_units`` shape the U-Nets; ``dynunet`` also takes a stride and a
+    ``kernel_sizes`` entry per axis (``[1, 2, 2]``: no pooling across thick slices); ``size`` (tiny, small,
+    base) picks the transformer presets of ``unetr`` and ``swin_unetr``; ``use_v2`` selects Swin UNETR v2 and
     ``gradient_checkpointing`` trades compute for memory in Swin UNETR. ``pretrained`` names a
     ``medseg pretrain`` run folder or checkpoint, or the research code's ``model_swinvit.pt``, whose
     encoder initialises Swin UNETR at the start of training.
@@ -78,7 +91,8 @@ class ModelConfig:
     strategy: Literal["patch", "slice2d", "lowres"] = "patch"
     network: str = "unet"
     channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])
-    strides: list[int] = field(default_factory=lambda: [2, 2, 2, 2])
+    strides: list[int | list[int]] = field(default_factory=lambda: [2, 2, 2, 2])
+    kernel_sizes: list[int | list[int]] | None = None
     num_res_units: int = 2
     norm: str = "instance"
     dropout: float = 0.0
@@ -382,10 +396,12 @@ def read_yaml_config(path: str | Path) -> dict[str, Any]:
     return values
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None, command: str = "train") -> Config:
-    """Defaults, then the YAML file, then the dotted overrides, for ``command``: every value is
-    type-checked and range-checked, and only that command's sections are accepted."""
-    layers = [(read_yaml_config(path), str(path))] if path is not None else []
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, command: str = "train",
+                planned: dict[str, Any] | None = None) -> Config:
+    """Defaults, then ``planned`` values, then the YAML file, then the dotted overrides, for ``command``:
+    every value is type-checked and range-checked, and only that command's sections are accepted."""
+    layers = [(planned, "plan")] if planned else []
+    layers += [(read_yaml_config(path), str(path))] if path is not None else []
     return _build(command, [*layers, (parse_overrides(overrides or []), "")])
 
 
@@ -436,6 +452,13 @@ def _check_data(d: DataConfig) -> None:
     if d.intensity_window is not None:
         w = d.intensity_window
         _require(len(w) == 2 and w[0] < w[1], "data.intensity_window", "[low, high] with low < high", w)
+    if d.normalization == "ct_zscore":
+        _require(d.intensity_window is not None and d.intensity_mean is not None and bool(d.intensity_std),
+                 "data.normalization", "intensity_window, intensity_mean and a positive intensity_std with ct_zscore",
+                 d.normalization)
+    if d.sampling == "classes" and d.class_ratios is not None:
+        _require(min(d.class_ratios) >= 0 and sum(d.class_ratios) > 0, "data.class_ratios",
+                 "non-negative ratios, not all 0", d.class_ratios)
     _require(all(a in (0, 1, 2) for a in d.augment.flip_axes), "data.augment.flip_axes", "axes among 0, 1, 2",
              d.augment.flip_axes)
 
@@ -443,7 +466,11 @@ def _check_data(d: DataConfig) -> None:
 def _check_model(m: ModelConfig) -> None:
     _require(len(m.channels) == len(m.strides) + 1, "model.channels",
              f"one more entry than model.strides ({len(m.strides)})", m.channels)
-    _require(min(m.strides, default=1) >= 1, "model.strides", "positive strides", m.strides)
+    flat = [v for s in m.strides for v in (s if isinstance(s, list) else [s])]
+    _require(min(flat, default=1) >= 1, "model.strides", "positive strides", m.strides)
+    if m.kernel_sizes is not None:
+        _require(len(m.kernel_sizes) == len(m.channels), "model.kernel_sizes",
+                 f"one entry per level ({len(m.channels)})", m.kernel_sizes)
     _require(0.0 <= m.dropout < 1.0, "model.dropout", "a probability in [0, 1)", m.dropout)
     _require(m.num_res_units >= 0, "model.num_res_units", "0 or more", m.num_res_units)
 
@@ -503,7 +530,8 @@ def _check_compare(c: Compare2DConfig, model: ModelConfig) -> None:
     _require(bool(c.models) and len(set(c.models)) == len(c.models), "compare.models", "distinct model names",
              c.models)
     _sizes("compare.slice_size", c.slice_size, 2)
-    multiple = math.lcm(FPN_SIZE_MULTIPLE, math.prod(model.strides))  # U-Nets need their stride product too
+    product = math.prod(s if isinstance(s, int) else max(s) for s in model.strides)
+    multiple = math.lcm(FPN_SIZE_MULTIPLE, product)  # U-Nets need their stride product too
     _require(not any(s % multiple for s in c.slice_size), "compare.slice_size",
              f"two sides divisible by {multiple}", c.slice_size)
     levels = len(Compare2DConfig().anchor_sizes)

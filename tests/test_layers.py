@@ -3,7 +3,7 @@
 Layers, top to bottom (a module may import its own package and anything in a lower layer; packages in
 one layer do not import each other):
 
-    cli -> commands, benchmark -> workflows -> inference -> strategies, models2d, ssl -> engine
+    cli -> commands, benchmark -> workflows -> inference -> strategies, models2d, ssl -> engine -> planning
         -> data, networks, losses, evaluation -> metrics, resample -> regions, config, registry -> io -> errors
 
 Run ``python tests/test_layers.py`` to print the import graph between packages.
@@ -23,6 +23,7 @@ LAYERS = [
     ["inference"],
     ["strategies", "models2d", "ssl"],
     ["engine"],
+    ["planning"],
     ["data", "networks", "losses", "evaluation"],
     ["metrics", "resample"],
     ["regions", "config", "registry"],

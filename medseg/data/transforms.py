@@ -71,12 +71,21 @@ def _foreground_selector(data: DataConfig) -> Callable[[torch.Tensor], torch.Ten
 
 
 def intensity_transform(data: DataConfig, key: str = "image") -> Transform:
-    """CT: clip to the intensity window and scale to [0, 1]; MRI: per-image z-score."""
-    if data.modality == "ct":
+    """``data.normalization``: CT clipped to the window and scaled to [0, 1] (``window``), or clipped and
+    z-scored with the dataset's foreground statistics (``ct_zscore``: one linear map of the clipped range,
+    so one MONAI transform); anything else standardised per image (``zscore``)."""
+    method = data.normalization
+    if method == "auto":
+        method = "window" if data.modality == "ct" else "zscore"
+    if method in ("window", "ct_zscore"):
         if data.intensity_window is None:
-            raise MedsegError("config key 'data.intensity_window': CT needs a [low, high] window (planning sets one)")
+            raise MedsegError(f"config key 'data.intensity_window': needed by data.normalization={method}")
         lo, hi = data.intensity_window
-        return ScaleIntensityRanged(key, a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)
+        if method == "window":
+            return ScaleIntensityRanged(key, a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)
+        mean, std = data.intensity_mean or 0.0, data.intensity_std or 1.0
+        return ScaleIntensityRanged(key, a_min=lo, a_max=hi, b_min=(lo - mean) / std, b_max=(hi - mean) / std,
+                                    clip=True)
     return NormalizeIntensityd(key, channel_wise=True)
 
 

@@ -25,16 +25,33 @@ def require_divisible(patch_size: Sequence[int], factor: int, network: str, key:
         )
 
 
+def axis_strides(model: ModelConfig, spatial_dims: int) -> list[list[int]]:
+    """``model.strides`` with one value per axis for every level (a plain stride applies to all axes)."""
+    return [[s] * spatial_dims if isinstance(s, int) else list(s) for s in model.strides]
+
+
+def require_divisible_per_axis(patch_size: Sequence[int], strides: list[list[int]], network: str, key: str) -> None:
+    """Every side divisible by the product of that axis's strides."""
+    factors = [math.prod(level[a] for level in strides) for a in range(len(patch_size))]
+    if any(s % f for s, f in zip(patch_size, factors)):
+        raise MedsegError(f"config key '{key}': {list(patch_size)} does not suit network '{network}'; "
+                          f"the sides must be divisible by {factors}")
+
+
 def monai_unet(model: ModelConfig, spatial_dims: int, in_channels: int, out_channels: int,
                patch_size: Sequence[int], name: str, key: str = "patch.patch_size") -> nn.Module:
-    """MONAI's UNet from the model section, for 2D and 3D alike."""
-    require_divisible(patch_size, math.prod(model.strides), name, key=key)
+    """MONAI's UNet from the model section, for 2D and 3D alike (one stride per level, all axes)."""
+    if not all(isinstance(s, int) for s in model.strides):
+        raise MedsegError(f"config key 'model.strides': network '{name}' takes one stride per level; per-axis "
+                          "strides need model.network=dynunet")
+    strides = [int(s) for s in model.strides if isinstance(s, int)]
+    require_divisible(patch_size, math.prod(strides), name, key=key)
     return UNet(
         spatial_dims=spatial_dims,
         in_channels=in_channels,
         out_channels=out_channels,
         channels=model.channels,
-        strides=model.strides,
+        strides=strides,
         num_res_units=model.num_res_units,
         norm=model.norm,
         dropout=model.dropout,
@@ -50,14 +67,18 @@ def _unet(model: ModelConfig, in_channels: int, out_channels: int, patch_size: S
 @NETWORKS_3D.register("dynunet")
 def _dynunet(model: ModelConfig, in_channels: int, out_channels: int, patch_size: Sequence[int],
              size_key: str = "patch.patch_size") -> nn.Module:
-    require_divisible(patch_size, math.prod(model.strides), "dynunet", key=size_key)
+    """MONAI's DynUNet (the nnU-Net architecture) with a stride and a kernel size per axis and level, as
+    planning gives them for anisotropic spacings."""
+    strides = axis_strides(model, 3)
+    require_divisible_per_axis(patch_size, strides, "dynunet", size_key)
+    kernels = [[k] * 3 if isinstance(k, int) else list(k) for k in model.kernel_sizes or [3] * len(model.channels)]
     return DynUNet(
         spatial_dims=3,
         in_channels=in_channels,
         out_channels=out_channels,
-        kernel_size=[3] * len(model.channels),
-        strides=[1, *model.strides],
-        upsample_kernel_size=model.strides,
+        kernel_size=kernels,
+        strides=[[1, 1, 1], *strides],
+        upsample_kernel_size=strides,
         filters=model.channels,
         norm_name=model.norm,
         dropout=model.dropout or None,

@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from monai.inferers import SlidingWindowInferer
-from monai.transforms import RandCropByPosNegLabeld, SpatialPadd, Transform
+from monai.transforms import ClassesToIndicesd, RandCropByLabelClassesd, RandCropByPosNegLabeld, SpatialPadd, Transform
 
 from medseg.config import Config
 from medseg.data.transforms import augmentation
+from medseg.errors import MedsegError
 from medseg.losses import build_loss
 from medseg.networks import build_network_3d
 from medseg.resample import class_argmax, softmax_
 from medseg.strategies.base import Segmenter, VolumePrediction
+
+CLASS_INDICES_KEPT = 10_000  # voxel positions kept per class and volume to draw crop centres from
+
+
+class QuietClassCropd(RandCropByLabelClassesd):
+    """Class-centred crops. A volume that lacks a class is expected (not every organ is in every scan);
+    MONAI then draws another class and warns, which would flood the log, so that warning is silenced."""
+
+    def __call__(self, data, lazy=None):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*no available.*", category=UserWarning)
+            return super().__call__(data, lazy=lazy)
 
 
 class PatchSegmenter(Segmenter):
@@ -21,23 +36,31 @@ class PatchSegmenter(Segmenter):
         super().__init__(config)
         self.patch_size = list(config.patch.patch_size)
         self.network = build_network_3d(config.model, 1, self.num_classes, self.patch_size, size_key="patch.patch_size")
+        ratios = config.data.class_ratios
+        if config.data.sampling == "classes" and ratios is not None and len(ratios) != self.num_classes:
+            raise MedsegError(f"config key 'data.class_ratios': expected {self.num_classes} ratios, one per class "
+                              f"background first, got {ratios}")
         self.loss = build_loss(config.train.loss)
 
     def train_sampling(self) -> list[Transform]:
         data = self.config.data
         keys = ("image", "label")
-        return [
-            SpatialPadd(keys, spatial_size=self.patch_size),
-            RandCropByPosNegLabeld(
-                keys,
-                label_key="label",
-                spatial_size=self.patch_size,
-                pos=data.pos_fraction,
-                neg=1.0 - data.pos_fraction,
-                num_samples=data.samples_per_volume,
-            ),
-            *augmentation(data.augment, keys),
-        ]
+        return [SpatialPadd(keys, spatial_size=self.patch_size), *self._crops(), *augmentation(data.augment, keys)]
+
+    def _crops(self) -> list[Transform]:
+        """``data.sampling``: foreground/background crops, or crops centred on each class in proportion to
+        ``data.class_ratios``, whose voxel indices are computed once per volume (subsampled, so they
+        stay small) and cached with it."""
+        data, keys = self.config.data, ("image", "label")
+        if data.sampling == "classes":
+            return [
+                ClassesToIndicesd("label", num_classes=self.num_classes, max_samples_per_class=CLASS_INDICES_KEPT),
+                QuietClassCropd(keys, label_key="label", spatial_size=self.patch_size, ratios=data.class_ratios,
+                                num_classes=self.num_classes, num_samples=data.samples_per_volume,
+                                indices_key="label_cls_indices"),
+            ]
+        return [RandCropByPosNegLabeld(keys, label_key="label", spatial_size=self.patch_size, pos=data.pos_fraction,
+                                       neg=1.0 - data.pos_fraction, num_samples=data.samples_per_volume)]
 
     def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
         logits = self.network(batch["image"])

@@ -15,6 +15,7 @@ from medseg.data.planning import plan
 from medseg.data.splits import make_split
 from medseg.engine.run_folder import new_run_dir, read_run_to_resume
 from medseg.errors import MedsegError
+from medseg.planning import plan_cases
 
 
 @dataclass
@@ -25,6 +26,7 @@ class LabelledRun:
     split: dict[str, list[str]]
     run_dir: Path
     cases: dict[str, Case]
+    plan_text: str | None = None  # the plan made on the fly, with its reasons, to keep in the run folder
 
     def __post_init__(self) -> None:
         missing = [i for i in self.split["train"] + self.split["validation"] if i not in self.cases]
@@ -38,8 +40,10 @@ class LabelledRun:
 
 
 def prepare_labelled_run(command: str, config_path: str | Path | None, data_dir: str | Path | None,
-                         output: str | Path | None, overrides: list[str]) -> LabelledRun:
-    """Config, dataset, header checks, split and plan of a new run; raises before anything is written."""
+                         output: str | Path | None, overrides: list[str], plan_for: str | None = None) -> LabelledRun:
+    """Config, dataset, header checks, split and resolved values of a new run; with ``plan_for`` (a
+    device) and no CONFIG, the whole pipeline is planned from the training cases first, the overrides
+    winning over it. Raises before anything is written."""
     config = load_config(config_path, overrides, command=command)
     if data_dir is not None:
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=str(data_dir)))
@@ -54,10 +58,19 @@ def prepare_labelled_run(command: str, config_path: str | Path | None, data_dir:
     d = config.data
     split = make_split([c.case_id for c in cases], d.val_fraction, d.num_folds, d.fold, d.split_seed, d.train_fraction)
     by_id = {c.case_id: c for c in cases}
-    config = plan(config, dataset, [by_id[i] for i in split["train"]])
+    train_cases = [by_id[i] for i in split["train"]]
+    plan_text = None
+    if plan_for is not None and config_path is None:
+        planned = plan_cases(dataset, train_cases, config, plan_for)  # type: ignore[arg-type]
+        plan_text = planned.to_yaml(config.model.strategy)
+        layer = {"name": f"{dataset.root.name}_{config.model.strategy}", **planned.plan.as_dict()}
+        root = config.data.root
+        config = load_config(None, overrides, command=command, planned=layer)
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=root))
+    config = plan(config, dataset, train_cases)
     if config.model.pretrained:  # absolute, like data.root
         config.model.pretrained = str(Path(config.model.pretrained).resolve())
-    return LabelledRun(config, split, run_dir, by_id)
+    return LabelledRun(config, split, run_dir, by_id, plan_text)
 
 
 def resume_labelled_run(command: str, output: str | Path | None, overrides: list[str],

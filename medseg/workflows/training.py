@@ -20,6 +20,7 @@ from medseg.engine.run_folder import is_main_process, open_run_folder
 from medseg.engine.trainer import Trainer, distributed_device
 from medseg.evaluation import evaluate_cases, format_table
 from medseg.inference import Predictor
+from medseg.io import atomic_output
 from medseg.ssl.transfer import load_pretrained_encoder
 from medseg.strategies import Segmenter, build_segmenter
 from medseg.workflows.preparation import prepare_labelled_run, resume_labelled_run
@@ -66,7 +67,7 @@ def train(
     if not is_main_process():
         log = lambda _: None  # noqa: E731  (one log, from rank 0)
     run = (resume_labelled_run("train", output, overrides) if resume
-           else prepare_labelled_run("train", config_path, data_dir, output, overrides))
+           else prepare_labelled_run("train", config_path, data_dir, output, overrides, plan_for=device.type))
     config, split, run_dir = run.config, run.split, run.run_dir
     torch.manual_seed(config.train.seed)
     segmenter = build_segmenter(config)
@@ -77,6 +78,10 @@ def train(
     train_loader, val_loader = segmentation_loaders(config, segmenter, train_cases, val_cases)
     trainer = Trainer(segmenter, config, run_dir, train_loader, val_loader, device)
     hooks = open_run_folder(run_dir, config, split, log)
+    if run.plan_text is not None and is_main_process():
+        with atomic_output(run_dir / "plan.yaml") as tmp:
+            tmp.write_text(run.plan_text, encoding="utf-8")
+        log(f"planned from the training cases: {run_dir / 'plan.yaml'}")
     result = trainer.fit(hooks, resume=resume, log=log)
     log(f"best validation mean Dice {result.best_metric:.4f} at epoch {result.best_epoch} "
         f"({result.epochs_run} epochs, {result.elapsed_s / 60:.1f} min)")

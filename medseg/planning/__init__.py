@@ -1,0 +1,73 @@
+"""Planning: a dataset's fingerprint -> a plan (spacing, normalisation, sampling, mirroring, patch,
+topology, batch) for a strategy, a device and a time budget, each value with its reason."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medseg.config import Config, load_config
+from medseg.data.checks import check_headers
+from medseg.data.datasets import Case, Dataset, discover_dataset
+from medseg.data.planning import plan as resolve
+from medseg.data.splits import make_split
+from medseg.planning.fingerprint import Fingerprint, measure_dataset
+from medseg.planning.plan_file import render_plan
+from medseg.planning.planner import Device, Plan, Strategy, make_plan
+
+
+@dataclass
+class DatasetPlan:
+    """The plan of a dataset and what it was made from."""
+
+    plan: Plan
+    fingerprint: Fingerprint
+    dataset: Dataset
+    resolved: Config
+
+    def to_yaml(self, strategy: str) -> str:
+        data = self.resolved.data
+        name = f"{self.dataset.root.name}_{strategy}"
+        found = f"{self.dataset.layout} layout, {len(self.dataset.cases)} cases"
+        fixed: dict[str, dict[str, tuple[Any, str]]] = {
+            "": {"name": (name, "the run folder's name")},
+            "data": {
+                "root": (str(self.dataset.root.resolve()), found),
+                "modality": (data.modality, "from dataset.json" if self.dataset.modality else "no CT declared"),
+                "class_names": (data.class_names, "from dataset.json" if self.dataset.class_names
+                                else "label values found in the training cases"),
+            },
+            "model": {"strategy": (strategy, "medseg plan --strategy")},
+        }
+        header = [f"medseg plan {self.dataset.root} --strategy {strategy}: edit freely, then",
+                  "medseg train THIS_FILE  (KEY=VALUE overrides win over the values here)"]
+        return render_plan(self.plan, header, fixed)
+
+
+def plan_dataset(root: str | Path, strategy: Strategy = "patch", device: Device = "cpu",
+                 minutes: float | None = None, overrides: list[str] | None = None) -> DatasetPlan:
+    """Discover and check ``root``, split it as ``medseg train`` would, fingerprint the training cases
+    and plan; nothing is written."""
+    config = load_config(None, [f"data.root={root}", f"model.strategy={strategy}", *(overrides or [])])
+    dataset = discover_dataset(root)
+    cases = dataset.cases[: config.data.max_cases] if config.data.max_cases else dataset.cases
+    check_headers(cases, len(dataset.class_names) if dataset.class_names else None)
+    d = config.data
+    split = make_split([c.case_id for c in cases], d.val_fraction, d.num_folds, d.fold, d.split_seed, d.train_fraction)
+    by_id = {c.case_id: c for c in cases}
+    config.train.max_minutes = minutes
+    return plan_cases(dataset, [by_id[i] for i in split["train"]], config, device)
+
+
+def plan_cases(dataset: Dataset, train_cases: list[Case], config: Config, device: Device) -> DatasetPlan:
+    """The plan for ``config.model.strategy`` and ``config.train.max_minutes`` from ``train_cases``."""
+    resolved = resolve(config, dataset, train_cases)
+    names = resolved.data.class_names or []
+    fingerprint = measure_dataset(train_cases, resolved.data.modality == "ct", len(names))
+    plan = make_plan(fingerprint, names, resolved.data.modality, config.model.strategy, device,
+                     config.train.max_minutes)
+    return DatasetPlan(plan, fingerprint, dataset, resolved)
+
+
+__all__ = ["DatasetPlan", "Fingerprint", "Plan", "plan_cases", "plan_dataset"]

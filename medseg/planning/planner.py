@@ -1,0 +1,143 @@
+"""Dataset + strategy + device + time budget -> a plan: config values, each with its reason.
+
+The plan is a config layer: defaults, then the plan, then a user's CONFIG, then ``KEY=VALUE``
+overrides. ``medseg plan`` writes it as a readable pipeline YAML with a comment beside every value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from medseg.planning import rules
+from medseg.planning.fingerprint import Fingerprint
+from medseg.planning.rules import Planned
+
+Device = Literal["cpu", "cuda"]
+Strategy = Literal["patch", "slice2d", "lowres"]
+
+# Relative training speed of a device (a CPU of this class is 1). Budget rules scale with
+# minutes x speed, so a plan for 20 CPU minutes is small and one for a GPU hour is nnU-Net's.
+DEVICE_SPEED = {"cpu": 1.0, "cuda": 40.0}
+VOXELS_PER_COMPUTE_MINUTE = 16_000  # patch voxels a CPU-minute of budget buys (10 min -> about 54^3)
+MIN_PATCH_VOXELS, MAX_PATCH_VOXELS = 32**3, 128**3
+UNBOUNDED_MINUTES = 600.0  # the budget a plan assumes when the run has no time limit
+
+
+@dataclass
+class Plan:
+    """Planned values by section, the budget they assume, and the fingerprint's summary lines."""
+
+    values: dict[str, dict[str, Planned]] = field(default_factory=dict)
+    budget: str = ""
+    summary: list[str] = field(default_factory=list)
+
+    def set(self, section: str, key: str, planned: Planned) -> None:
+        self.values.setdefault(section, {})[key] = planned
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain nested values (``data.augment`` under ``data``), the form a config layer takes."""
+        nested: dict[str, Any] = {}
+        for section, keys in self.values.items():
+            node = nested
+            for part in section.split("."):
+                node = node.setdefault(part, {})
+            node.update({key: p.value for key, p in keys.items()})
+        return nested
+
+
+def _compute(device: Device, minutes: float | None) -> float:
+    return DEVICE_SPEED[device] * (minutes or UNBOUNDED_MINUTES)
+
+
+def _width(compute: float) -> tuple[int, str]:
+    """Base feature count: 32 (nnU-Net's) with a GPU-sized budget, narrower when compute is scarce."""
+    if compute >= 200:
+        return 32, "nnU-Net's width: the budget allows it"
+    if compute >= 45:
+        return 24, f"narrower than nnU-Net's 32: {compute:.0f} CPU-minutes of compute"
+    return 16, f"narrow: {compute:.0f} CPU-minutes of compute buy more steps than width"
+
+
+def _channels(base: int, levels: int, cap: int = 320) -> list[int]:
+    return [min(base * 2**i, cap) for i in range(levels)]
+
+
+def _plan_patch(plan: Plan, fp: Fingerprint, spacing: list[float], compute: float) -> None:
+    median = rules.resampled_median_shape(fp, spacing)
+    voxels = float(np.clip(VOXELS_PER_COMPUTE_MINUTE * compute, MIN_PATCH_VOXELS, MAX_PATCH_VOXELS))
+    patch = rules.fit_patch(spacing, median, voxels)
+    strides, kernels, _ = rules.pooling(spacing, patch)
+    base, width_reason = _width(compute)
+    shape = "x".join(str(int(round(m))) for m in median)
+    plan.set("patch", "patch_size", Planned(patch, f"covers the median cropped image ({shape}) within "
+                                                   f"{voxels / 1e3:.0f}k voxels of budget"))
+    plan.set("model", "network", Planned("dynunet", "nnU-Net's U-Net: kernels and strides per axis"))
+    plan.set("model", "channels", Planned(_channels(base, len(strides)), width_reason))
+    plan.set("model", "strides", Planned(strides[1:], "pool an axis while it is within 2x of the finest spacing"))
+    plan.set("model", "kernel_sizes", Planned(kernels, "3 on axes within 2x of the finest spacing, else 1"))
+    plan.set("model", "num_res_units", Planned(0, "plain convolution blocks, as nnU-Net's default"))
+    preferred = 2 if compute >= 200 or np.prod(patch) > 200_000 else 4
+    plan.set("train", "batch_size", rules.batch_size(patch, fp, spacing, preferred))
+
+
+def _plan_slice2d(plan: Plan, fp: Fingerprint, spacing: list[float], compute: float) -> None:
+    median = rules.resampled_median_shape(fp, spacing)
+    side = 256 if compute >= 200 else 128
+    in_plane = [int(min(side, max(32, np.ceil(m / 16) * 16))) for m in median[:2]]
+    base, width_reason = _width(compute * 4)  # a 2D step is far cheaper than a 3D one
+    plan.set("slice2d", "patch_size", Planned(in_plane, f"the median axial plane, at most {side}"))
+    plan.set("slice2d", "context_slices", Planned(1, "2.5D: one neighbour each side"))
+    plan.set("model", "network", Planned("unet2d", "2D U-Net per axis"))
+    plan.set("model", "channels", Planned(_channels(base, 5, 512), width_reason))
+    plan.set("model", "strides", Planned([2, 2, 2, 2], "four poolings"))
+    plan.set("train", "batch_size", Planned(16 if compute < 200 else 12, "2D batch (nnU-Net uses 12 on a GPU)"))
+
+
+def _plan_lowres(plan: Plan, fp: Fingerprint, spacing: list[float], compute: float) -> None:
+    median = rules.resampled_median_shape(fp, spacing)
+    budget = 128 * 128 * 64 if compute >= 200 else 64 * 64 * 48
+    scale = min(1.0, (budget / float(np.prod(median))) ** (1 / 3))
+    grid = [int(max(16, round(m * scale / 16) * 16)) for m in median]
+    plan.set("lowres", "grid_size", Planned(grid, f"the median image scaled to about {budget / 1e3:.0f}k voxels"))
+    plan.set("model", "network", Planned("vnet", "V-Net on the whole volume (Milletari et al.)"))
+    plan.set("train", "batch_size", Planned(2, "two whole volumes"))
+
+
+STRATEGY_RULES = {"patch": _plan_patch, "slice2d": _plan_slice2d, "lowres": _plan_lowres}
+
+
+def make_plan(fp: Fingerprint, class_names: list[str], modality: str, strategy: Strategy, device: Device,
+              minutes: float | None) -> Plan:
+    """Every planned value for ``strategy`` on ``device`` within ``minutes`` (None: no time limit)."""
+    compute = _compute(device, minutes)
+    limit = f"{minutes:g} minutes" if minutes else f"no time limit (planned as {UNBOUNDED_MINUTES:g} minutes)"
+    plan = Plan(budget=f"{device}, {limit}: {compute:.0f} CPU-minutes of compute")
+    spacing = rules.target_spacing(fp)
+    plan.set("data", "spacing", spacing)
+    if modality == "ct":
+        for key, planned in rules.ct_normalisation(fp).items():
+            plan.set("data", key, planned)
+    else:
+        plan.set("data", "normalization", Planned("zscore", f"{modality.upper()}: each image standardised on its own"))
+    plan.set("data", "sampling", Planned("classes", "crops centred on each class: rare organs are seen"))
+    plan.set("data", "class_ratios", rules.class_ratios(fp, class_names))
+    plan.set("data.augment", "flip_axes", rules.mirror_axes(fp, class_names))
+    STRATEGY_RULES[strategy](plan, fp, [float(v) for v in spacing.value], compute)
+    iterations = 250 if compute >= 200 else 50
+    plan.set("train", "iterations_per_epoch", Planned(iterations, "steps between validations and checkpoints"))
+    plan.set("train", "max_epochs", Planned(1000, "the time budget ends the run first"))
+    plan.set("train", "max_minutes", Planned(minutes, "the budget this plan assumed"))
+    stats = fp.intensity_statistics()
+    median_shape = np.median(fp.cropped_shapes, axis=0).astype(int).tolist()
+    plan.summary = [
+        f"{fp.num_cases} training cases; median spacing {np.median(fp.spacings, axis=0).round(3).tolist()} mm, "
+        f"median shape after cropping {median_shape}",
+        f"foreground intensities: 0.5-99.5 percentiles [{stats.get('p00_5', 0):.1f}, {stats.get('p99_5', 0):.1f}], "
+        f"mean {stats.get('mean', 0):.1f}, std {stats.get('std', 0):.1f}",
+        "cases containing each class: " + ", ".join(
+            f"{name} {int(n)}" for name, n in zip(class_names[1:], (fp.class_voxels() > 0).sum(axis=0)[1:])),
+    ]
+    return plan

@@ -1,0 +1,132 @@
+"""Planning: the rules on fingerprints built by hand, and a plan of a real folder that trains as written."""
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from monai.transforms import ScaleIntensityRanged
+
+from medseg.cli import main
+from medseg.config import load_config
+from medseg.data.transforms import intensity_transform
+from medseg.planning import plan_dataset, rules
+from medseg.planning.fingerprint import CaseFingerprint, Fingerprint
+from medseg.planning.planner import make_plan
+from tests.helpers import TINY_COMMON
+
+
+def _case(spacing, shape, offsets=None, voxels=None, values=None) -> CaseFingerprint:
+    k = len(voxels) if voxels is not None else 3
+    return CaseFingerprint("c", list(spacing), list(shape), list(shape),
+                           np.asarray(values if values is not None else np.linspace(-100, 300, 50), dtype=np.float32),
+                           list(voxels if voxels is not None else [1000, 100, 100]),
+                           offsets if offsets is not None else [[0.0, 0.0, 0.0]] * k)
+
+
+def test_target_spacing_is_the_median_and_refines_a_thick_axis_with_few_slices():
+    iso = Fingerprint([_case([1.0, 1.0, 1.0], [100, 100, 100]), _case([1.2, 1.2, 1.4], [90, 90, 90]),
+                       _case([0.8, 0.8, 1.2], [110, 110, 100])])
+    assert rules.target_spacing(iso).value == [1.0, 1.0, 1.2]
+    # Thick slices (5 mm, 3x the in-plane spacing) and few of them: the 10th percentile, not the median.
+    thick = Fingerprint([_case([0.7, 0.7, s], [256, 256, 20]) for s in (2.5, 5.0, 5.0, 5.0, 6.0, 5.0, 5.0)])
+    planned = rules.target_spacing(thick)
+    assert planned.value[2] == pytest.approx(np.percentile([2.5, 5, 5, 5, 6, 5, 5], 10), abs=1e-3)
+    assert "anisotropic" in planned.reason
+
+
+def test_pooling_skips_the_thick_axis_until_the_others_catch_up():
+    strides, kernels, divisor = rules.pooling([0.8, 0.8, 3.2], [160, 160, 24])
+    assert strides[1] == [2, 2, 1] and strides[2] == [2, 2, 1]  # 1.6 then 3.2 mm in plane
+    assert kernels[0] == [3, 3, 1] and kernels[-1] == [3, 3, 3]  # in-plane kernels on thick slices first
+    assert [2, 2, 2] in strides  # once the spacings agree, every axis pools
+    assert all(p % d == 0 for p, d in zip([160, 160, 24], divisor))
+    # Isotropic: every axis pools every stage, while the bottleneck keeps at least 4 voxels.
+    strides, _, divisor = rules.pooling([1.0, 1.0, 1.0], [40, 56, 40])
+    assert strides[1:] == [[2, 2, 2]] * 3 and divisor == [8, 8, 8]
+
+
+def test_patch_fits_the_budget_and_the_network():
+    patch = rules.fit_patch([1.0, 1.0, 1.0], np.array([35.0, 50.0, 35.0]), 160_000)
+    assert patch == [40, 56, 40]  # what nnU-Net plans for MSD hippocampus
+    big = rules.fit_patch([1.0, 1.0, 1.0], np.array([300.0, 300.0, 300.0]), 64**3)
+    assert np.prod(big) <= 64**3 * 1.15 and all(s % 16 == 0 for s in big)
+
+
+def test_mirroring_leaves_out_the_axis_along_which_two_classes_mirror_each_other():
+    cases = [_case([1, 1, 1], [64, 64, 64], offsets=[[0, 0, 0], [-30 - i, 2, 1], [31 + i, 1, 0]])
+             for i in range(5)]  # classes 1 and 2: left and right of the centre along R
+    planned = rules.mirror_axes(Fingerprint(cases), ["background", "left", "right"])
+    assert planned.value == [1, 2] and "left and right mirror each other" in planned.reason
+    # A large and a small structure on opposite sides do not mirror each other: every axis flips.
+    cases = [_case([1, 1, 1], [64] * 3, offsets=[[0, 0, 0], [-5, 0, 0], [40, 0, 0]], voxels=[9000, 5000, 50])
+             for _ in range(5)]
+    assert rules.mirror_axes(Fingerprint(cases), ["background", "big", "small"]).value == [0, 1, 2]
+
+
+def test_ct_normalisation_is_clipping_then_a_foreground_zscore():
+    values = np.random.default_rng(0).normal(40.0, 120.0, 20_000)
+    fp = Fingerprint([_case([1, 1, 1], [8] * 3, values=values)])
+    planned = {k: p.value for k, p in rules.ct_normalisation(fp).items()}
+    config = load_config(None, ["data.modality=ct", *(f"data.{k}={v}" for k, v in planned.items())])
+    image = torch.as_tensor(np.random.default_rng(1).normal(0.0, 400.0, (1, 6, 6, 6)), dtype=torch.float32)
+    out = intensity_transform(config.data)({"image": image})["image"]
+    lo, hi = planned["intensity_window"]
+    expected = (np.clip(image.numpy(), lo, hi) - planned["intensity_mean"]) / planned["intensity_std"]
+    np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-4, atol=1e-4)
+    assert isinstance(intensity_transform(config.data), ScaleIntensityRanged)
+
+
+def test_the_budget_changes_the_plan():
+    fp = Fingerprint([_case([1, 1, 1], [160, 160, 160]) for _ in range(10)])
+    names = ["background", "a", "b"]
+    small = make_plan(fp, names, "mri", "patch", "cpu", 10).as_dict()
+    large = make_plan(fp, names, "mri", "patch", "cuda", 60).as_dict()
+    assert np.prod(small["patch"]["patch_size"]) < np.prod(large["patch"]["patch_size"])
+    assert small["model"]["channels"][0] < large["model"]["channels"][0] == 32
+
+
+def test_a_plan_of_a_folder_trains_as_written(phantom_dir, tmp_path, capsys):
+    plan_file = tmp_path / "plan.yaml"
+    assert main(["plan", str(phantom_dir), "-o", str(plan_file), "--minutes", "5"]) == 0
+    text = plan_file.read_text(encoding="utf-8")
+    assert "# budget assumed: cpu, 5 minutes" in text and "# median spacing of" in text
+    values = yaml.safe_load(text)
+    assert values["model"]["network"] == "dynunet" and values["data"]["sampling"] == "classes"
+    config = load_config(plan_file)
+    assert config.patch.patch_size == values["patch"]["patch_size"]
+    run = tmp_path / "run"
+    small = [*TINY_COMMON, "model.channels=[4,8,16]", "model.strides=[2,2]", "model.kernel_sizes=null",
+             "patch.patch_size=[32,32,32]"]
+    assert main(["train", str(plan_file), "--output", str(run), *small]) == 0
+    saved = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    assert saved["data"]["sampling"] == "classes" and saved["data"]["normalization"] == "ct_zscore"
+    assert main(["plan", str(phantom_dir), "-o", str(plan_file)]) == 2  # an edited plan is never overwritten
+    assert main(["plan", str(phantom_dir), "-o", str(phantom_dir / "plan.yaml")]) == 2
+    assert "inside the dataset folder" in capsys.readouterr().err
+
+
+def test_planning_reads_every_case_once_and_names_each_class(phantom_dir):
+    planned = plan_dataset(phantom_dir, strategy="slice2d", minutes=10)
+    assert planned.fingerprint.num_cases == 5  # the training split of 6 cases
+    assert planned.plan.as_dict()["slice2d"]["patch_size"][0] % 16 == 0
+    assert "cases containing each class: liver 5" in "\n".join(planned.plan.summary)
+
+
+def test_train_with_no_config_plans_from_the_data_and_keeps_the_plan(phantom_dir, tmp_path):
+    run = tmp_path / "run"
+    small = [*TINY_COMMON, "model.channels=[4,8,16]", "model.strides=[2,2]", "model.kernel_sizes=null",
+             "patch.patch_size=[32,32,32]", "train.max_minutes=2"]
+    assert main(["train", "--data", str(phantom_dir), "--output", str(run), *small]) == 0
+    plan = (run / "plan.yaml").read_text(encoding="utf-8")
+    assert "# budget assumed: cpu, 2 minutes" in plan
+    saved = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    assert saved["name"] == f"{phantom_dir.name}_patch"
+    assert saved["data"]["normalization"] == "ct_zscore" and saved["data"]["sampling"] == "classes"
+    assert saved["model"]["channels"] == [4, 8, 16]  # the overrides win over the plan
+    assert not any(p.name == "plan.yaml" for p in phantom_dir.rglob("*"))  # nothing written into the data
+
+
+def test_train_without_config_or_data_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train"])
+    assert exit_info.value.code == 2 and "--data DIR to plan one" in capsys.readouterr().err
