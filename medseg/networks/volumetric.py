@@ -40,18 +40,19 @@ def require_divisible_per_axis(patch_size: Sequence[int], strides: list[list[int
 
 def monai_unet(model: ModelConfig, spatial_dims: int, in_channels: int, out_channels: int,
                patch_size: Sequence[int], name: str, key: str = "patch.patch_size") -> nn.Module:
-    """MONAI's UNet from the model section, for 2D and 3D alike (one stride per level, all axes)."""
-    if not all(isinstance(s, int) for s in model.strides):
-        raise MedsegError(f"config key 'model.strides': network '{name}' takes one stride per level; per-axis "
-                          "strides need model.network=dynunet")
-    strides = [int(s) for s in model.strides if isinstance(s, int)]
-    require_divisible(patch_size, math.prod(strides), name, key=key)
+    """MONAI's (residual) UNet from the model section, for 2D and 3D alike; a level's stride may name
+    each axis (``[2, 2, 1]``: no pooling across thick slices)."""
+    strides = axis_strides(model, spatial_dims)
+    if any(len(level) != spatial_dims for level in strides):
+        raise MedsegError(f"config key 'model.strides': network '{name}' needs one stride or {spatial_dims} per "
+                          f"level, got {model.strides}")
+    require_divisible_per_axis(patch_size, strides, name, key)
     return UNet(
         spatial_dims=spatial_dims,
         in_channels=in_channels,
         out_channels=out_channels,
         channels=model.channels,
-        strides=strides,
+        strides=[s[0] if len(set(s)) == 1 else tuple(s) for s in strides],  # type: ignore[misc]
         num_res_units=model.num_res_units,
         norm=model.norm,
         dropout=model.dropout,

@@ -66,6 +66,9 @@ def _channels(base: int, levels: int, cap: int = 320) -> list[int]:
 
 
 def _plan_patch(plan: Plan, fp: Fingerprint, spacing: list[float], compute: float) -> None:
+    """nnU-Net's U-Net (``dynunet``: two convolutions a stage, kernels per axis) with a GPU-sized budget;
+    below it MONAI's residual U-Net (one strided convolution and two residual units a stage), which on
+    a CPU trains several times more steps in the same minutes at the same patch."""
     median = rules.resampled_median_shape(fp, spacing)
     voxels = float(np.clip(VOXELS_PER_COMPUTE_MINUTE * compute, MIN_PATCH_VOXELS, MAX_PATCH_VOXELS))
     patch = rules.fit_patch(spacing, median, voxels)
@@ -74,11 +77,15 @@ def _plan_patch(plan: Plan, fp: Fingerprint, spacing: list[float], compute: floa
     shape = "x".join(str(int(round(m))) for m in median)
     plan.set("patch", "patch_size", Planned(patch, f"covers the median cropped image ({shape}) within "
                                                    f"{voxels / 1e3:.0f}k voxels of budget"))
-    plan.set("model", "network", Planned("dynunet", "nnU-Net's U-Net: kernels and strides per axis"))
-    plan.set("model", "channels", Planned(_channels(base, len(strides)), width_reason))
+    plan.set("model", "channels", Planned(_channels(base, len(strides), 256 if compute < 200 else 320), width_reason))
     plan.set("model", "strides", Planned(strides[1:], "pool an axis while it is within 2x of the finest spacing"))
-    plan.set("model", "kernel_sizes", Planned(kernels, "3 on axes within 2x of the finest spacing, else 1"))
-    plan.set("model", "num_res_units", Planned(0, "plain convolution blocks, as nnU-Net's default"))
+    if compute >= 200:
+        plan.set("model", "network", Planned("dynunet", "nnU-Net's U-Net: kernels and strides per axis"))
+        plan.set("model", "kernel_sizes", Planned(kernels, "3 on axes within 2x of the finest spacing, else 1"))
+        plan.set("model", "num_res_units", Planned(0, "plain convolution blocks, as nnU-Net's default"))
+    else:
+        plan.set("model", "network", Planned("unet", "residual U-Net: far cheaper per step than nnU-Net's on a CPU"))
+        plan.set("model", "num_res_units", Planned(2, "two residual units a stage"))
     preferred = 2 if compute >= 200 or np.prod(patch) > 200_000 else 4
     plan.set("train", "batch_size", rules.batch_size(patch, fp, spacing, preferred))
 

@@ -19,8 +19,10 @@ def test_registries_list_every_network():
         build_network_3d(_model("model.network=swin"), 1, 2, [64, 64, 64])
 
 
-@pytest.mark.parametrize(("network", "size", "factor"), [("swin_unetr", [64, 64, 48], 32), ("unetr", [32, 32, 24], 16),
-                                                        ("vnet", [32, 32, 24], 16), ("unet", [32, 32, 30], 16)])
+@pytest.mark.parametrize(("network", "size", "factor"), [
+    ("swin_unetr", [64, 64, 48], 32), ("unetr", [32, 32, 24], 16), ("vnet", [32, 32, 24], 16),
+    ("unet", [32, 32, 30], r"\[16, 16, 16\]"),
+])
 def test_sizes_the_network_cannot_take_are_refused(network, size, factor):
     with pytest.raises(MedsegError, match=rf"patch.patch_size.*divisible by {factor}"):
         build_network_3d(_model(f"model.network={network}", "model.size=tiny"), 1, 2, size)

@@ -83,6 +83,21 @@ def test_the_budget_changes_the_plan():
     large = make_plan(fp, names, "mri", "patch", "cuda", 60).as_dict()
     assert np.prod(small["patch"]["patch_size"]) < np.prod(large["patch"]["patch_size"])
     assert small["model"]["channels"][0] < large["model"]["channels"][0] == 32
+    assert (small["model"]["network"], large["model"]["network"]) == ("unet", "dynunet")
+
+
+@pytest.mark.parametrize("network", ["unet", "dynunet"])
+def test_per_axis_strides_build_and_keep_thick_slices(network):
+    """Both planned networks take a stride per axis; sides must divide by each axis's own product."""
+    from medseg.errors import MedsegError
+    from medseg.networks import build_network_3d
+
+    config = load_config(None, [f"model.network={network}", "model.channels=[4,8,16]",
+                                "model.strides=[[2,2,1],[2,2,2]]", "model.num_res_units=1"])
+    net = build_network_3d(config.model, 1, 3, [32, 32, 8])
+    assert net(torch.zeros(1, 1, 32, 32, 8)).shape == (1, 3, 32, 32, 8)
+    with pytest.raises(MedsegError, match=r"divisible by \[4, 4, 2\]"):
+        build_network_3d(config.model, 1, 3, [32, 32, 9])
 
 
 def test_a_plan_of_a_folder_trains_as_written(phantom_dir, tmp_path, capsys):
@@ -91,11 +106,11 @@ def test_a_plan_of_a_folder_trains_as_written(phantom_dir, tmp_path, capsys):
     text = plan_file.read_text(encoding="utf-8")
     assert "# budget assumed: cpu, 5 minutes" in text and "# median spacing of" in text
     values = yaml.safe_load(text)
-    assert values["model"]["network"] == "dynunet" and values["data"]["sampling"] == "classes"
+    assert values["model"]["network"] == "unet" and values["data"]["sampling"] == "classes"
     config = load_config(plan_file)
     assert config.patch.patch_size == values["patch"]["patch_size"]
     run = tmp_path / "run"
-    small = [*TINY_COMMON, "model.channels=[4,8,16]", "model.strides=[2,2]", "model.kernel_sizes=null",
+    small = [*TINY_COMMON, "model.channels=[4,8,16]", "model.strides=[2,2]",
              "patch.patch_size=[32,32,32]"]
     assert main(["train", str(plan_file), "--output", str(run), *small]) == 0
     saved = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
@@ -114,7 +129,7 @@ def test_planning_reads_every_case_once_and_names_each_class(phantom_dir):
 
 def test_train_with_no_config_plans_from_the_data_and_keeps_the_plan(phantom_dir, tmp_path):
     run = tmp_path / "run"
-    small = [*TINY_COMMON, "model.channels=[4,8,16]", "model.strides=[2,2]", "model.kernel_sizes=null",
+    small = [*TINY_COMMON, "model.channels=[4,8,16]", "model.strides=[2,2]",
              "patch.patch_size=[32,32,32]", "train.max_minutes=2"]
     assert main(["train", "--data", str(phantom_dir), "--output", str(run), *small]) == 0
     plan = (run / "plan.yaml").read_text(encoding="utf-8")
