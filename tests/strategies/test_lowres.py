@@ -31,7 +31,7 @@ def test_vnet_refuses_grids_it_cannot_take():
         build_segmenter(config)
     unet = dataclasses.replace(config, model=dataclasses.replace(config.model, network="unet"),
                                lowres=dataclasses.replace(config.lowres, grid_size=[128, 128, 62]))
-    with pytest.raises(MedsegError, match=r"lowres.grid_size.*divisible by 4"):
+    with pytest.raises(MedsegError, match=r"lowres.grid_size.*divisible by \[4, 4, 4\]"):
         build_segmenter(unet)
 
 
