@@ -62,8 +62,8 @@ def dice_from_counts(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> to
 
 def binary_dice(a: torch.Tensor, b: torch.Tensor) -> float:
     """Dice of two boolean masks; 1 when both are empty (they agree)."""
-    tp, fp, fn = (torch.as_tensor(int(x.sum()), dtype=torch.float64) for x in (a & b, a & ~b, ~a & b))
-    return 1.0 if tp + fp + fn == 0 else float(dice_from_counts(tp, fp, fn))
+    tp, in_a, in_b = (torch.as_tensor(int(x.sum()), dtype=torch.float64) for x in (a & b, a, b))
+    return 1.0 if in_a + in_b == 0 else float(dice_from_counts(tp, in_a - tp, in_b - tp))
 
 
 def segmentation_metrics(

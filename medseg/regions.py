@@ -12,10 +12,11 @@ import torch
 def bounding_box(mask: np.ndarray | torch.Tensor, margin: int | Sequence[int] = 0) -> tuple[slice, ...] | None:
     """The box around the non-zero voxels of ``mask``, grown by ``margin`` voxels (one value, or one per
     axis) and clipped to the array; None when the mask is empty."""
-    if isinstance(mask, torch.Tensor):
-        mask = mask.detach().cpu().numpy()
-    found = [np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-             for axis in range(mask.ndim)]
+    others = [tuple(a for a in range(mask.ndim) if a != axis) for axis in range(mask.ndim)]
+    if isinstance(mask, torch.Tensor):  # reduced on its own device: only the per-axis profiles move
+        found = [torch.nonzero(mask.any(dim=o) if o else mask).flatten().cpu().numpy() for o in others]
+    else:
+        found = [np.flatnonzero(mask.any(axis=o)) for o in others]
     if any(len(f) == 0 for f in found):
         return None
     margins = [int(margin)] * mask.ndim if isinstance(margin, (int, np.integer)) else [int(m) for m in margin]

@@ -24,3 +24,4 @@ def test_margin_per_axis_and_numpy_input_give_the_same_box_as_a_crop_by_hand():
     high = np.minimum(found.max(0) + [1, 0, 4] + 1, mask.shape)
     assert box == tuple(slice(int(a), int(b)) for a, b in zip(low, high))
     assert mask[box].sum() == mask.sum()
+    assert bounding_box(torch.from_numpy(mask), margin=[1, 0, 4]) == box  # tensors: the same box

@@ -19,6 +19,11 @@ class Case:
     label: Path | None
 
 
+def loader_items(cases: list[Case]) -> list[dict]:
+    """The dictionaries MONAI's datasets and transforms take: file paths by key, and the case id."""
+    return [{"image": str(c.image), "label": str(c.label), "case_id": c.case_id} for c in cases]
+
+
 @dataclass
 class Dataset:
     """A discovered dataset; ``class_names[k]`` names label value k (0 is background)."""

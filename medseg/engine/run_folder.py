@@ -26,6 +26,11 @@ def is_main_process() -> bool:
     return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
 
 
+def rank_zero_log(log: Callable[[str], None]) -> Callable[[str], None]:
+    """``log`` on rank 0, silence on the other ranks: one log per run under DDP."""
+    return log if is_main_process() else (lambda _: None)
+
+
 def new_run_dir(output: str | Path | None, name: str) -> Path:
     """``output``, or ``runs/<name>-<time>``; refused when it exists with anything in it."""
     run_dir = Path(output) if output else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -49,14 +49,14 @@ def plan_dataset(root: str | Path, strategy: Strategy = "patch", device: Device 
                  minutes: float | None = None, overrides: list[str] | None = None) -> DatasetPlan:
     """Discover and check ``root``, split it as ``medseg train`` would, fingerprint the training cases
     and plan; nothing is written."""
-    config = load_config(None, [f"data.root={root}", f"model.strategy={strategy}", *(overrides or [])])
+    budget = f"train.max_minutes={'null' if minutes is None else minutes}"
+    config = load_config(None, [f"data.root={root}", f"model.strategy={strategy}", budget, *(overrides or [])])
     dataset = discover_dataset(root)
     cases = dataset.cases[: config.data.max_cases] if config.data.max_cases else dataset.cases
     check_headers(cases, len(dataset.class_names) if dataset.class_names else None)
     d = config.data
     split = make_split([c.case_id for c in cases], d.val_fraction, d.num_folds, d.fold, d.split_seed, d.train_fraction)
     by_id = {c.case_id: c for c in cases}
-    config.train.max_minutes = minutes
     return plan_cases(dataset, [by_id[i] for i in split["train"]], config, device)
 
 

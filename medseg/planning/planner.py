@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from medseg.planning import rules
+import medseg.planning.rules as rules
 from medseg.planning.fingerprint import Fingerprint
 from medseg.planning.rules import Planned
 

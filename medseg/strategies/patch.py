@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from monai.inferers import SlidingWindowInferer
 from monai.transforms import ClassesToIndicesd, RandCropByLabelClassesd, RandCropByPosNegLabeld, SpatialPadd, Transform
@@ -17,16 +15,6 @@ from medseg.resample import class_argmax, softmax_
 from medseg.strategies.base import Segmenter, VolumePrediction
 
 CLASS_INDICES_KEPT = 10_000  # voxel positions kept per class and volume to draw crop centres from
-
-
-class QuietClassCropd(RandCropByLabelClassesd):
-    """Class-centred crops. A volume that lacks a class is expected (not every organ is in every scan);
-    MONAI then draws another class and warns, which would flood the log, so that warning is silenced."""
-
-    def __call__(self, data, lazy=None):
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*no available.*", category=UserWarning)
-            return super().__call__(data, lazy=lazy)
 
 
 class PatchSegmenter(Segmenter):
@@ -55,9 +43,9 @@ class PatchSegmenter(Segmenter):
         if data.sampling == "classes":
             return [
                 ClassesToIndicesd("label", num_classes=self.num_classes, max_samples_per_class=CLASS_INDICES_KEPT),
-                QuietClassCropd(keys, label_key="label", spatial_size=self.patch_size, ratios=data.class_ratios,
+                RandCropByLabelClassesd(keys, label_key="label", spatial_size=self.patch_size, ratios=data.class_ratios,
                                 num_classes=self.num_classes, num_samples=data.samples_per_volume,
-                                indices_key="label_cls_indices"),
+                                indices_key="label_cls_indices", warn=False),  # not every organ is in every scan
             ]
         return [RandCropByPosNegLabeld(keys, label_key="label", spatial_size=self.patch_size, pos=data.pos_fraction,
                                        neg=1.0 - data.pos_fraction, num_samples=data.samples_per_volume)]

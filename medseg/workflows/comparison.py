@@ -21,10 +21,10 @@ import torch
 from monai.data import Dataset as MonaiDataset
 
 from medseg.config import Config
-from medseg.data.datasets import Case
+from medseg.data.datasets import loader_items
 from medseg.engine.checkpoint import load_checkpoint
 from medseg.engine.loaders import make_loaders
-from medseg.engine.run_folder import create_run_folder, is_main_process, open_run_folder
+from medseg.engine.run_folder import create_run_folder, is_main_process, open_run_folder, rank_zero_log
 from medseg.engine.trainer import Trainer, distributed_device, seed_everything
 from medseg.io import atomic_output
 from medseg.models2d import ClassSpec, Model2D, build_model_2d, evenly_spaced
@@ -35,10 +35,6 @@ from medseg.models2d.targets import semantic_target
 from medseg.workflows.preparation import prepare_labelled_run, resume_labelled_run
 
 Volume2D = tuple[torch.Tensor, torch.Tensor]  # image and dataset label values, [H, W, Z] each
-
-
-def _items(cases: list[Case]) -> list[dict]:
-    return [{"image": str(c.image), "label": str(c.label)} for c in cases]
 
 
 def _validation_volumes(dataset: MonaiDataset) -> list[Volume2D]:
@@ -135,8 +131,7 @@ def run_compare(
     output folder (results.md, results.csv, examples.png, config.yaml, split.json, <model>/)."""
     overrides = list(overrides or [])
     device = distributed_device()
-    if not is_main_process():
-        log = lambda _: None  # noqa: E731  (one log, from rank 0)
+    log = rank_zero_log(log)
     run = (resume_labelled_run("compare", output, overrides, required=("config.yaml", "split.json")) if resume
            else prepare_labelled_run("compare", config_path, data_dir, output, overrides))
     config, split, run_dir = run.config, run.split, run.run_dir
@@ -146,8 +141,10 @@ def run_compare(
         build_model_2d(name, config, classes)  # settings errors now, not after an hour of training
     log(f"{len(split['train'])} training and {len(split['validation'])} validation cases; caching preprocessed volumes")
     volumes = volume_transforms(config)
-    train_loader, val_loader = make_loaders(config, _items(run.part("train")), _items(run.part("validation")),
-                                            volumes + slice_sampling(config), volumes, sampling_copies=True)
+    train_loader, val_loader = make_loaders(
+        config, loader_items(run.part("train")), loader_items(run.part("validation")),
+        volumes + slice_sampling(config), volumes, sampling_copies=True,
+    )
     if is_main_process():
         create_run_folder(run_dir, config, split)
     log(f"output folder: {run_dir}")

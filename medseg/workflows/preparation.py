@@ -16,6 +16,7 @@ from medseg.data.splits import make_split
 from medseg.engine.run_folder import new_run_dir, read_run_to_resume
 from medseg.errors import MedsegError
 from medseg.planning import plan_cases
+from medseg.planning.planner import Device
 
 
 @dataclass
@@ -39,8 +40,10 @@ class LabelledRun:
         return [self.cases[i] for i in self.split[name]]
 
 
-def prepare_labelled_run(command: str, config_path: str | Path | None, data_dir: str | Path | None,
-                         output: str | Path | None, overrides: list[str], plan_for: str | None = None) -> LabelledRun:
+def prepare_labelled_run(
+    command: str, config_path: str | Path | None, data_dir: str | Path | None, output: str | Path | None,
+    overrides: list[str], plan_for: Device | None = None,
+) -> LabelledRun:
     """Config, dataset, header checks, split and resolved values of a new run; with ``plan_for`` (a
     device) and no CONFIG, the whole pipeline is planned from the training cases first, the overrides
     winning over it. Raises before anything is written."""
@@ -61,7 +64,7 @@ def prepare_labelled_run(command: str, config_path: str | Path | None, data_dir:
     train_cases = [by_id[i] for i in split["train"]]
     plan_text = None
     if plan_for is not None and config_path is None:
-        planned = plan_cases(dataset, train_cases, config, plan_for)  # type: ignore[arg-type]
+        planned = plan_cases(dataset, train_cases, config, plan_for)
         plan_text = planned.to_yaml(config.model.strategy)
         layer = {"name": f"{dataset.root.name}_{config.model.strategy}", **planned.plan.as_dict()}
         root = config.data.root

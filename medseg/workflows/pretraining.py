@@ -19,7 +19,7 @@ from medseg.data.planning import plan_unlabelled
 from medseg.data.splits import make_split
 from medseg.data.transforms import preprocessing
 from medseg.engine.loaders import make_loaders
-from medseg.engine.run_folder import is_main_process, new_run_dir, open_run_folder, read_run_to_resume
+from medseg.engine.run_folder import new_run_dir, open_run_folder, rank_zero_log, read_run_to_resume
 from medseg.engine.trainer import Trainer, distributed_device
 from medseg.errors import MedsegError
 from medseg.ssl.task import SwinPretrainer
@@ -72,8 +72,7 @@ def pretrain(
 ) -> Path:
     """Self-supervised pretraining of the Swin UNETR encoder; returns the run folder."""
     device = distributed_device()
-    if not is_main_process():
-        log = lambda _: None  # noqa: E731  (one log, from rank 0)
+    log = rank_zero_log(log)
     if resume:
         config, split, run_dir = read_run_to_resume(output, overrides, command="pretrain")
     else:

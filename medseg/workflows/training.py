@@ -13,29 +13,26 @@ import torch
 from monai.data import DataLoader
 
 from medseg.config import Config
-from medseg.data.datasets import Case
+from medseg.data.datasets import Case, loader_items
 from medseg.data.transforms import preprocessing
 from medseg.engine.loaders import make_loaders
-from medseg.engine.run_folder import is_main_process, open_run_folder
+from medseg.engine.run_folder import is_main_process, open_run_folder, rank_zero_log
 from medseg.engine.trainer import Trainer, distributed_device
 from medseg.evaluation import evaluate_cases, format_table
 from medseg.inference import Predictor
 from medseg.io import atomic_output
+from medseg.planning.planner import Device
 from medseg.ssl.transfer import load_pretrained_encoder
 from medseg.strategies import Segmenter, build_segmenter
 from medseg.workflows.preparation import prepare_labelled_run, resume_labelled_run
-
-
-def _items(cases: list[Case]) -> list[dict]:
-    return [{"image": str(c.image), "label": str(c.label), "case_id": c.case_id} for c in cases]
 
 
 def segmentation_loaders(config: Config, segmenter: Segmenter, train_cases: list[Case],
                          val_cases: list[Case]) -> tuple[DataLoader, DataLoader]:
     """Training samples drawn by the strategy, and whole validation volumes on the strategy's grid."""
     deterministic = preprocessing(config.data) + segmenter.grid_transforms(with_label=True)
-    return make_loaders(config, _items(train_cases), _items(val_cases), deterministic + segmenter.train_sampling(),
-                        deterministic)
+    return make_loaders(config, loader_items(train_cases), loader_items(val_cases),
+                        deterministic + segmenter.train_sampling(), deterministic)
 
 
 def _final_validation(config: Config, run_dir: Path, device: torch.device, val_cases: list[Case],
@@ -64,10 +61,10 @@ def train(
     """Train a model; returns the run folder (config.yaml, split.json, best.pt, last.pt, logs)."""
     overrides = list(overrides or [])
     device = distributed_device()
-    if not is_main_process():
-        log = lambda _: None  # noqa: E731  (one log, from rank 0)
+    log = rank_zero_log(log)
+    plan_for: Device = "cuda" if device.type == "cuda" else "cpu"
     run = (resume_labelled_run("train", output, overrides) if resume
-           else prepare_labelled_run("train", config_path, data_dir, output, overrides, plan_for=device.type))
+           else prepare_labelled_run("train", config_path, data_dir, output, overrides, plan_for=plan_for))
     config, split, run_dir = run.config, run.split, run.run_dir
     torch.manual_seed(config.train.seed)
     segmenter = build_segmenter(config)

@@ -112,6 +112,22 @@ def test_validation_scores_evenly_spaced_slices_of_a_volume(models, classes, nam
     assert picture.shape == (3, SIZE, 2 * SIZE)
 
 
+def test_validation_dice_is_one_for_a_perfect_prediction_and_nan_for_absent_classes(models, classes, monkeypatch):
+    """The figure that picks best.pt: per-class Dice of the scored slices, after grouping the classes."""
+    label = torch.stack([scene()] * 5, dim=-1)
+    label[..., :, 26:34, :] = torch.where(label[..., :, 26:34, :] == 4, 0, label[..., :, 26:34, :])  # no spine
+    model = models["unet2d"]
+
+    def truth(image, indices):
+        onehot = torch.nn.functional.one_hot(semantic_target(label[..., indices], classes), classes.num_classes)
+        return [Prediction2D(onehot[:, :, i].permute(2, 0, 1).float()) for i in range(len(indices))]
+
+    monkeypatch.setattr(model, "predict_slices", truth)
+    out = model.validation_step({"image": label[None, None].float(), "label": label[None, None]})
+    dice = dict(zip(model.score_names, out["dice"][0].tolist()))
+    assert dice["liver"] == 1.0 and dice["kidney"] == 1.0 and dice["spine"] != dice["spine"]  # NaN: absent
+
+
 def test_maskrcnn_v2_follows_the_contract(classes):
     config = load_config(None, ["compare.maskrcnn_v2=true", f"compare.slice_size=[{SIZE},{SIZE}]"], command="compare")
     v2 = build_model_2d("maskrcnn", config, classes)
