@@ -31,7 +31,6 @@ from medseg.data.planning import plan
 from medseg.engine.checkpoint import save_checkpoint
 from medseg.strategies import build_segmenter
 
-PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 LARGE_CT_SHAPE = (512, 512, 280)
 # The comparison script's settings: 1.5 x 1.5 x 2 mm, 96^3 windows, MONAI's default overlap.
 LARGE_CT_OVERRIDES = ["data.spacing=[1.5,1.5,2.0]", "patch.patch_size=[96,96,96]", "infer.overlap=0.25",
@@ -47,7 +46,7 @@ def _peak_rss_gb() -> float:
 
 
 def _planned(pipeline: str, data_root: Path, overrides: list[str]):
-    config = load_config(PIPELINES / f"{pipeline}.yaml", [*overrides, f"data.root={data_root}"])
+    config = load_config(pipeline, [*overrides, f"data.root={data_root}"])
     dataset = discover_dataset(data_root)
     return plan(config, dataset, dataset.cases[:20]), dataset
 

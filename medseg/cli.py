@@ -18,7 +18,8 @@ OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")  # a dotted config key, then '='
 
 def _run_arguments(parser: argparse.ArgumentParser, example: str, data_help: str, nargs: str | None = None) -> None:
     """The arguments every training command takes: CONFIG, --data, --output, --resume."""
-    parser.add_argument("config", nargs="?", help=f"pipeline YAML, e.g. {example} (not needed with --resume)")
+    parser.add_argument("config", nargs="?", help=f"pipeline YAML, or the name of a shipped pipeline such as {example} "
+                                                  "(not needed with --resume)")
     parser.add_argument("--data", nargs=nargs, help=data_help)
     parser.add_argument("--output", help="folder to create (default runs/<name>-<time>), or to continue with --resume")
     parser.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
@@ -35,11 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "train", help="train a model from a YAML config",
-        usage="medseg train [CONFIG.yaml] [--data DIR] [--output DIR] [--resume] [KEY=VALUE ...]",
+        usage="medseg train [CONFIG.yaml | PIPELINE] [--data DIR] [--output DIR] [--resume] [KEY=VALUE ...]",
         epilog="KEY=VALUE: override any config key, e.g. train.max_epochs=5 train.max_minutes=10 "
                "patch.patch_size=[64,64,64]",
     )
-    _run_arguments(p, "pipelines/hippocampus_patch.yaml", DATASET_HELP)
+    _run_arguments(p, "hippocampus_patch", DATASET_HELP)
 
     p = sub.add_parser(
         "pretrain", help="self-supervised pretraining of the Swin UNETR encoder on unlabelled images",
@@ -47,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="KEY=VALUE: e.g. pretrain.inpainting_weight=2 train.max_minutes=60; fine-tune with "
                "'medseg train ... model.pretrained=RUN_DIR'",
     )
-    _run_arguments(p, "pipelines/hippocampus_pretrain.yaml",
+    _run_arguments(p, "hippocampus_pretrain",
                    "dataset folders (any layout; labels ignored) or plain folders of images", nargs="+")
 
     p = sub.add_parser(
@@ -55,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         usage="medseg compare CONFIG.yaml [--data DIR] [--output DIR] [--resume] [KEY=VALUE ...]",
         epilog="KEY=VALUE: override any config key, e.g. train.max_minutes=5 compare.models=[fcn,unet2d]",
     )
-    _run_arguments(p, "pipelines/compare2d_openkbp.yaml", DATASET_HELP)
+    _run_arguments(p, "compare2d_openkbp", DATASET_HELP)
 
     p = sub.add_parser(
         "plan", help="plan a pipeline for a dataset: spacing, normalisation, sampling, patch, network, batch",

@@ -380,11 +380,36 @@ def _build(command: str, layers: list[tuple[dict[str, Any], str]]) -> Config:
     return config
 
 
+def shipped_pipelines() -> dict[str, Path]:
+    """The pipelines installed with the package (the repository's ``pipelines/`` folder), by name."""
+    from importlib.resources import files
+
+    try:
+        folder = files("medseg.pipelines")
+    except ModuleNotFoundError:  # an installation without them
+        return {}
+    return {entry.name.removesuffix(".yaml"): Path(str(entry)) for entry in folder.iterdir()
+            if entry.name.endswith(".yaml")}
+
+
+def find_config(path: str | Path) -> Path:
+    """A config file by path, or else a shipped pipeline by name (``hippocampus_patch``), so that pip
+    and Docker users, who have no repository, start from the same pipelines."""
+    candidate = Path(path)
+    if candidate.is_file():
+        return candidate
+    shipped = shipped_pipelines()
+    name = candidate.name.removesuffix(".yaml")
+    if candidate.parent == Path(".") and name in shipped:
+        return shipped[name]
+    names = ", ".join(sorted(shipped)) or "none installed"
+    raise MedsegError(f"{path}: config file not found, and no shipped pipeline has that name ({names})")
+
+
 def read_yaml_config(path: str | Path) -> dict[str, Any]:
-    """The mapping in a YAML config file (``yaml.safe_load``: no code from the file runs)."""
-    path = Path(path)
-    if not path.is_file():
-        raise MedsegError(f"{path}: config file not found")
+    """The mapping in a YAML config file or shipped pipeline (``yaml.safe_load``: no code from the file
+    runs)."""
+    path = find_config(path)
     try:
         values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
@@ -394,6 +419,21 @@ def read_yaml_config(path: str | Path) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise MedsegError(f"{path}: expected a mapping of config sections at the top level")
     return values
+
+
+def _dotted(values: dict[str, Any], prefix: str = "") -> set[str]:
+    keys: set[str] = set()
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        keys |= _dotted(value, f"{dotted}.") if isinstance(value, dict) and value else {dotted}
+    return keys
+
+
+def user_keys(path: str | Path | None, overrides: list[str]) -> set[str]:
+    """The dotted keys a user set explicitly, in CONFIG and on the command line: planning leaves them
+    (and the values coupled to them) alone."""
+    values = read_yaml_config(path) if path is not None else {}
+    return _dotted(values) | _dotted(parse_overrides(overrides))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, command: str = "train",

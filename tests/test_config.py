@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medseg.config import config_from_dict, config_to_dict, load_config, parse_overrides
+from medseg.config import config_from_dict, config_to_dict, find_config, load_config, parse_overrides, user_keys
 from medseg.errors import MedsegError
 
 PIPELINES = sorted((Path(__file__).resolve().parents[1] / "pipelines").glob("*.yaml"))
@@ -64,6 +64,29 @@ def test_every_pipeline_loads_for_the_command_it_declares(path):
     other = "train" if command != "train" else "compare"
     with pytest.raises(MedsegError, match=f"not 'medseg {other}'" if command != "train" else "unknown config key"):
         load_config(path, command=other) if command != "train" else load_config(path, ["compare.models=[fcn]"])
+
+
+def test_shipped_pipelines_are_found_by_name_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no repository here, as for a pip or Docker user
+    found = find_config("hippocampus_patch")
+    assert found.read_text(encoding="utf-8") == (PIPELINES[0].parent / "hippocampus_patch.yaml").read_text(
+        encoding="utf-8")
+    assert find_config("openkbp_slice2d.yaml").name == "openkbp_slice2d.yaml"
+    assert load_config("hippocampus_pretrain", command="pretrain").name == "hippocampus_pretrain"
+    (tmp_path / "hippocampus_patch.yaml").write_text("name: mine\n", encoding="utf-8")
+    assert load_config("hippocampus_patch.yaml").name == "mine"  # a file of that name comes first
+    with pytest.raises(MedsegError, match=r"no_such: config file not found, and no shipped pipeline .*demo_patch"):
+        find_config("no_such")
+    with pytest.raises(MedsegError, match="config file not found"):
+        find_config("elsewhere/hippocampus_patch.yaml")  # a path is a path
+
+
+def test_user_keys_are_the_dotted_keys_of_config_and_overrides(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("name: x\ndata:\n  spacing: [1, 1, 1]\n  augment:\n    flip_axes: []\n", encoding="utf-8")
+    assert user_keys(config, ["train.lr=0.1", "patch.patch_size=[8,8,8]"]) == {
+        "name", "data.spacing", "data.augment.flip_axes", "train.lr", "patch.patch_size"}
+    assert user_keys(None, []) == set()
 
 
 def test_each_command_reads_only_its_own_sections():

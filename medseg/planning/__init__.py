@@ -26,9 +26,15 @@ class DatasetPlan:
     dataset: Dataset
     resolved: Config
 
-    def to_yaml(self, strategy: str) -> str:
+    @property
+    def default_name(self) -> str:
+        """The run folder's name when no config names it."""
+        return f"{self.dataset.root.name}_{self.resolved.model.strategy}"
+
+    def to_yaml(self, strategy: str, plan: Plan | None = None) -> str:
+        """``plan`` (by default the whole plan) as a pipeline YAML with a reason beside every value."""
         data = self.resolved.data
-        name = f"{self.dataset.root.name}_{strategy}"
+        name = self.default_name
         found = f"{self.dataset.layout} layout, {len(self.dataset.cases)} cases"
         fixed: dict[str, dict[str, tuple[Any, str]]] = {
             "": {"name": (name, "the run folder's name")},
@@ -42,7 +48,7 @@ class DatasetPlan:
         }
         header = [f"medseg plan {self.dataset.root} --strategy {strategy}: edit freely, then",
                   "medseg train THIS_FILE  (KEY=VALUE overrides win over the values here)"]
-        return render_plan(self.plan, header, fixed)
+        return render_plan(plan or self.plan, header, fixed)
 
 
 def plan_dataset(root: str | Path, strategy: Strategy = "patch", device: Device = "cpu",
@@ -66,7 +72,7 @@ def plan_cases(dataset: Dataset, train_cases: list[Case], config: Config, device
     names = resolved.data.class_names or []
     fingerprint = measure_dataset(train_cases, resolved.data.modality == "ct", len(names))
     plan = make_plan(fingerprint, names, resolved.data.modality, config.model.strategy, device,
-                     config.train.max_minutes)
+                     config.train.max_minutes, config.data.spacing)
     return DatasetPlan(plan, fingerprint, dataset, resolved)
 
 

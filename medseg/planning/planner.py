@@ -25,6 +25,16 @@ VOXELS_PER_COMPUTE_MINUTE = 16_000  # patch voxels a CPU-minute of budget buys (
 MIN_PATCH_VOXELS, MAX_PATCH_VOXELS = 32**3, 128**3
 UNBOUNDED_MINUTES = 600.0  # the budget a plan assumes when the run has no time limit
 
+# Planned values that only make sense together. A user who sets one of them (in a CONFIG or on the
+# command line) gets none of the plan's values for the others: a hand-set patch never meets strides
+# planned for another patch, nor a hand-set window a mean and std measured for another window.
+COUPLED_KEYS = (
+    frozenset({"data.normalization", "data.intensity_window", "data.intensity_mean", "data.intensity_std"}),
+    frozenset({"data.sampling", "data.class_ratios", "data.pos_fraction"}),
+    frozenset({"patch.patch_size", "slice2d.patch_size", "slice2d.context_slices", "lowres.grid_size",
+               "model.network", "model.channels", "model.strides", "model.kernel_sizes", "model.num_res_units"}),
+)
+
 
 @dataclass
 class Plan:
@@ -36,6 +46,24 @@ class Plan:
 
     def set(self, section: str, key: str, planned: Planned) -> None:
         self.values.setdefault(section, {})[key] = planned
+
+    def keys(self) -> set[str]:
+        """Every planned value's dotted key (``data.augment.flip_axes``)."""
+        return {f"{section}.{key}" for section, keys in self.values.items() for key in keys}
+
+    def without(self, user_keys: set[str]) -> Plan:
+        """The plan less the values the user set and every value coupled to one of them; the summary
+        says which were left to the user."""
+        dropped = set(user_keys)
+        for group in COUPLED_KEYS:
+            if group & user_keys:
+                dropped |= group
+        left = sorted(self.keys() & dropped)
+        values = {section: {k: p for k, p in keys.items() if f"{section}.{k}" not in dropped}
+                  for section, keys in self.values.items()}
+        summary = self.summary + ([f"set by the config or the command line, so not planned: {', '.join(left)}"]
+                                  if left else [])
+        return Plan({s: keys for s, keys in values.items() if keys}, self.budget, summary)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain nested values (``data.augment`` under ``data``), the form a config layer takes."""
@@ -117,13 +145,14 @@ STRATEGY_RULES = {"patch": _plan_patch, "slice2d": _plan_slice2d, "lowres": _pla
 
 
 def make_plan(fp: Fingerprint, class_names: list[str], modality: str, strategy: Strategy, device: Device,
-              minutes: float | None) -> Plan:
-    """Every planned value for ``strategy`` on ``device`` within ``minutes`` (None: no time limit)."""
+              minutes: float | None, spacing: list[float] | None = None) -> Plan:
+    """Every planned value for ``strategy`` on ``device`` within ``minutes`` (None: no time limit); the
+    patch and topology for ``spacing`` where the user chose one."""
     compute = _compute(device, minutes)
     limit = f"{minutes:g} minutes" if minutes else f"no time limit (planned as {UNBOUNDED_MINUTES:g} minutes)"
     plan = Plan(budget=f"{device}, {limit}: {compute:.0f} CPU-minutes of compute")
-    spacing = rules.target_spacing(fp)
-    plan.set("data", "spacing", spacing)
+    chosen = rules.target_spacing(fp) if spacing is None else Planned(spacing, "the config's spacing")
+    plan.set("data", "spacing", chosen)
     if modality == "ct":
         for key, planned in rules.ct_normalisation(fp).items():
             plan.set("data", key, planned)
@@ -132,7 +161,7 @@ def make_plan(fp: Fingerprint, class_names: list[str], modality: str, strategy: 
     plan.set("data", "sampling", Planned("classes", "crops centred on each class: rare organs are seen"))
     plan.set("data", "class_ratios", rules.class_ratios(fp, class_names))
     plan.set("data.augment", "flip_axes", rules.mirror_axes(fp, class_names))
-    STRATEGY_RULES[strategy](plan, fp, [float(v) for v in spacing.value], compute)
+    STRATEGY_RULES[strategy](plan, fp, [float(v) for v in chosen.value], compute)
     iterations = 250 if compute >= 200 else 50
     plan.set("train", "iterations_per_epoch", Planned(iterations, "steps between validations and checkpoints"))
     plan.set("train", "max_epochs", Planned(1000, "the time budget ends the run first"))

@@ -8,7 +8,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from medseg.config import Config, load_config
+from medseg.config import Config, load_config, user_keys
 from medseg.data.checks import check_headers
 from medseg.data.datasets import Case, discover_dataset
 from medseg.data.planning import plan
@@ -44,9 +44,9 @@ def prepare_labelled_run(
     command: str, config_path: str | Path | None, data_dir: str | Path | None, output: str | Path | None,
     overrides: list[str], plan_for: Device | None = None,
 ) -> LabelledRun:
-    """Config, dataset, header checks, split and resolved values of a new run; with ``plan_for`` (a
-    device) and no CONFIG, the whole pipeline is planned from the training cases first, the overrides
-    winning over it. Raises before anything is written."""
+    """Config, dataset, header checks, split and resolved values of a new run. With ``plan_for`` (a
+    device) the pipeline is planned from the training cases first; what CONFIG sets wins over the plan
+    and the overrides win over both. Raises before anything is written."""
     config = load_config(config_path, overrides, command=command)
     if data_dir is not None:
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=str(data_dir)))
@@ -63,12 +63,14 @@ def prepare_labelled_run(
     by_id = {c.case_id: c for c in cases}
     train_cases = [by_id[i] for i in split["train"]]
     plan_text = None
-    if plan_for is not None and config_path is None:
+    if plan_for is not None:
         planned = plan_cases(dataset, train_cases, config, plan_for)
-        plan_text = planned.to_yaml(config.model.strategy)
-        layer = {"name": f"{dataset.root.name}_{config.model.strategy}", **planned.plan.as_dict()}
+        chosen = user_keys(config_path, overrides)
+        kept = planned.plan.without(chosen)
+        plan_text = planned.to_yaml(config.model.strategy, kept)
+        layer = kept.as_dict() if config_path is not None else {"name": planned.default_name, **kept.as_dict()}
         root = config.data.root
-        config = load_config(None, overrides, command=command, planned=layer)
+        config = load_config(config_path, overrides, command=command, planned=layer)
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=root))
     config = plan(config, dataset, train_cases)
     if config.model.pretrained:  # absolute, like data.root

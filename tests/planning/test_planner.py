@@ -141,6 +141,36 @@ def test_train_with_no_config_plans_from_the_data_and_keeps_the_plan(phantom_dir
     assert not any(p.name == "plan.yaml" for p in phantom_dir.rglob("*"))  # nothing written into the data
 
 
+def test_a_value_set_by_the_user_takes_its_coupled_values_out_of_the_plan():
+    fp = Fingerprint([_case([1, 1, 1], [40, 56, 40]) for _ in range(4)])
+    plan = make_plan(fp, ["background", "a", "b"], "ct", "patch", "cpu", 10)
+    assert {"patch.patch_size", "model.strides", "data.intensity_mean", "data.sampling"} <= plan.keys()
+    kept = plan.without({"patch.patch_size", "data.intensity_window", "train.lr"})
+    assert not kept.keys() & {"patch.patch_size", "model.strides", "model.channels", "model.network",
+                              "data.normalization", "data.intensity_mean", "data.intensity_std"}
+    assert {"data.spacing", "data.sampling", "train.batch_size"} <= kept.keys()
+    assert "not planned: data.intensity_mean" in kept.summary[-1]
+    thick = make_plan(fp, ["background", "a", "b"], "ct", "patch", "cpu", 10, spacing=[1.0, 1.0, 4.0])
+    assert thick.as_dict()["patch"]["patch_size"] != plan.as_dict()["patch"]["patch_size"]  # planned for it
+
+
+def test_a_config_wins_over_the_plan_and_overrides_win_over_both(phantom_dir, tmp_path):
+    config = tmp_path / "mine.yaml"
+    config.write_text("name: mine\ndata:\n  intensity_window: [-200, 300]\n"
+                      "patch:\n  patch_size: [32, 32, 32]\nmodel:\n  channels: [4, 8, 16]\n  strides: [2, 2]\n"
+                      "train:\n  batch_size: 3\n", encoding="utf-8")
+    run = tmp_path / "run"
+    assert main(["train", str(config), "--data", str(phantom_dir), "--output", str(run), *TINY_COMMON,
+                 "train.batch_size=2"]) == 0
+    saved = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    assert saved["name"] == "mine" and saved["patch"]["patch_size"] == [32, 32, 32]
+    assert saved["data"]["intensity_window"] == [-200, 300] and saved["data"]["normalization"] == "auto"
+    assert saved["data"]["sampling"] == "classes"  # not in the config: planned
+    assert saved["train"]["batch_size"] == 2  # the override beats the config
+    plan = (run / "plan.yaml").read_text(encoding="utf-8")
+    assert "not planned: data.intensity_mean" in plan and "\n  patch_size:" not in plan
+
+
 def test_train_without_config_or_data_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train"])
