@@ -6,6 +6,8 @@ overrides. ``medseg plan`` writes it as a readable pipeline YAML with a comment 
 
 from __future__ import annotations
 
+import builtins
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -47,14 +49,14 @@ class Plan:
     def set(self, section: str, key: str, planned: Planned) -> None:
         self.values.setdefault(section, {})[key] = planned
 
-    def keys(self) -> set[str]:
+    def keys(self) -> builtins.set[str]:
         """Every planned value's dotted key (``data.augment.flip_axes``)."""
         return {f"{section}.{key}" for section, keys in self.values.items() for key in keys}
 
-    def without(self, user_keys: set[str]) -> Plan:
+    def without(self, user_keys: AbstractSet[str]) -> Plan:
         """The plan less the values the user set and every value coupled to one of them; the summary
         says which were left to the user."""
-        dropped = set(user_keys)
+        dropped: builtins.set[str] = builtins.set(user_keys)
         for group in COUPLED_KEYS:
             if group & user_keys:
                 dropped |= group
