@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--input", required=True, help="image file, DICOM series folder, or folder of images")
     p.add_argument("-o", "--output", required=True, help="folder for <case>.nii.gz label maps")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--checkpoint", default="best.pt", choices=["best.pt", "last.pt"],
+                   help="best.pt (chosen on the run's validation cases) or last.pt (the end of training: use it "
+                        "when the images to predict are those validation cases)")
     p.add_argument("--overwrite", action="store_true", help="replace existing predictions")
     p.add_argument("--save-probabilities", action="store_true", help="also write <case>_probabilities.npz")
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")

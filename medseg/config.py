@@ -154,7 +154,11 @@ class TrainConfig:
     A run ends after ``max_epochs`` epochs of ``iterations_per_epoch`` batches (one pass over the
     training set when unset), or at the end of the epoch that crosses ``max_minutes``.
     ``freeze_encoder_epochs`` and ``encoder_lr_scale`` apply to a network's pretrainable encoder:
-    frozen for the first epochs, then at a fraction of the learning rate."""
+    frozen for the first epochs, then at a fraction of the learning rate.
+
+    Speed (``engine/speed.py`` has the measurements): ``channels_last`` stores convolution weights and
+    batches channels-last; ``amp`` is fp16 autocast on CUDA; ``cpu_bf16`` is bf16 autocast on a CPU with
+    native bf16 (AMX, AVX512-BF16); ``compile`` compiles the network's forward with ``torch.compile``."""
 
     max_epochs: int = 100
     max_minutes: float | None = None
@@ -170,6 +174,9 @@ class TrainConfig:
     grad_accumulation: int = 1
     grad_clip: float | None = 12.0
     amp: bool = True
+    cpu_bf16: bool = False
+    channels_last: bool = True
+    compile: bool = False
     val_every: int = 1
     freeze_encoder_epochs: int = 0
     encoder_lr_scale: float = 1.0

@@ -26,6 +26,7 @@ from medseg.config import Config, config_to_dict
 from medseg.engine.checkpoint import load_checkpoint, save_checkpoint
 from medseg.engine.hooks import Hook
 from medseg.engine.run_folder import is_main_process
+from medseg.engine.speed import autocast, channels_last_, channels_last_input, check_cpu_bf16
 from medseg.engine.task import Task
 from medseg.errors import MedsegError
 
@@ -88,7 +89,12 @@ class Trainer:
         val_loader: DataLoader,
         device: torch.device,
     ) -> None:
+        check_cpu_bf16(config.train.cpu_bf16, device)
         self.task = task.to(device)
+        if config.train.channels_last:
+            channels_last_(self.task)
+        if config.train.compile:
+            self.task.network.compile()  # in place: the state dict keeps its keys
         self.config = config
         self.run_dir = Path(run_dir)
         self.train_loader = train_loader
@@ -172,9 +178,13 @@ class Trainer:
 
     # -- loop --------------------------------------------------------------------------------------
     def _to_device(self, batch: dict) -> dict:
-        """Plain tensors on the device: MetaTensor's per-operation bookkeeping slows every network op."""
-        return {k: v.as_subclass(torch.Tensor).to(self.device, non_blocking=True) if torch.is_tensor(v) else v
-                for k, v in batch.items()}
+        """Plain tensors on the device (MetaTensor's per-operation bookkeeping slows every network op),
+        images in the network's memory format."""
+        moved = {k: v.as_subclass(torch.Tensor).to(self.device, non_blocking=True) if torch.is_tensor(v) else v
+                 for k, v in batch.items()}
+        if self.config.train.channels_last and torch.is_tensor(moved.get("image")):
+            moved["image"] = channels_last_input(moved["image"])
+        return moved
 
     def _set_epoch_randomness(self) -> None:
         rank = dist.get_rank() if dist.is_initialized() else 0
@@ -206,7 +216,7 @@ class Trainer:
                    disable=self._bar_disabled)
         for i, batch in enumerate(bar):
             batch = self._to_device(batch)
-            with torch.autocast(self.device.type, enabled=self.use_amp):
+            with autocast(self.device, self.use_amp, self.config.train.cpu_bf16):
                 losses = self.task.training_step(batch)
             loss = losses["loss"]
             if not torch.isfinite(loss):
