@@ -158,7 +158,11 @@ class TrainConfig:
 
     Speed (``engine/speed.py`` has the measurements): ``channels_last`` stores convolution weights and
     batches channels-last; ``amp`` is fp16 autocast on CUDA; ``cpu_bf16`` is bf16 autocast on a CPU with
-    native bf16 (AMX, AVX512-BF16); ``compile`` compiles the network's forward with ``torch.compile``."""
+    native bf16 (AMX, AVX512-BF16); ``compile`` compiles the network's forward with ``torch.compile``.
+
+    ``val_every``: validate every N epochs; 0 validates whenever the training since the last validation
+    took at least ``VALIDATION_TIME_RATIO`` (engine/trainer.py) times as long as that validation, so at
+    most about a tenth of a time budget goes to validation whatever the validation set's size."""
 
     max_epochs: int = 100
     max_minutes: float | None = None
@@ -534,7 +538,7 @@ def _check_train(t: TrainConfig) -> None:
     _require(t.warmup_epochs >= 0, "train.warmup_epochs", "0 or more", t.warmup_epochs)
     _require(t.grad_accumulation >= 1, "train.grad_accumulation", "at least 1", t.grad_accumulation)
     _require(t.grad_clip is None or t.grad_clip > 0, "train.grad_clip", "a positive norm or null", t.grad_clip)
-    _require(t.val_every >= 1, "train.val_every", "at least 1", t.val_every)
+    _require(t.val_every >= 0, "train.val_every", "0 (auto) or a number of epochs", t.val_every)
     _require(t.freeze_encoder_epochs >= 0, "train.freeze_encoder_epochs", "0 or more", t.freeze_encoder_epochs)
     _require(t.encoder_lr_scale > 0, "train.encoder_lr_scale", "a positive factor", t.encoder_lr_scale)
 

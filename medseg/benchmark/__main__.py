@@ -2,7 +2,8 @@
 
     python -m medseg.benchmark [--data ../shared/data] [--output benchmark_output]
 
-Prints training samples/s for the hippocampus and OpenKBP pipelines, and inference seconds and peak
+Prints training samples/s for the hippocampus and OpenKBP pipelines (shipped and planned from the data)
+before and after the speed settings (``engine/speed.py``), and inference seconds and peak
 memory per case for both and for a large CT (``ct_example`` resampled to 512x512x280). The large CT is
 also run through a MONAI bundle-style script (Spacingd, SlidingWindowInferer, Invertd, SaveImaged)
 with the same network, for comparison. Each inference runs in its own process, so peak memory (max
@@ -29,8 +30,19 @@ from medseg.config import load_config, save_config
 from medseg.data.datasets import discover_dataset
 from medseg.data.planning import plan
 from medseg.engine.checkpoint import save_checkpoint
+from medseg.engine.speed import cpu_has_native_bf16
+from medseg.engine.trainer import Trainer
 from medseg.strategies import build_segmenter
+from medseg.workflows.preparation import prepare_labelled_run
+from medseg.workflows.training import segmentation_loaders
 
+# (label, CONFIG or None for a plan from the data, dataset folder, train.max_minutes)
+TRAINING_PIPELINES = (
+    ("hippocampus_patch", "hippocampus_patch", "hippocampus", 10.0),
+    ("hippocampus planned, 10 min", None, "hippocampus", 10.0),
+    ("openkbp_patch", "openkbp_patch", "openkbp_oar", 30.0),
+    ("openkbp planned, 30 min", None, "openkbp_oar", 30.0),
+)
 LARGE_CT_SHAPE = (512, 512, 280)
 # The comparison script's settings: 1.5 x 1.5 x 2 mm, 96^3 windows, MONAI's default overlap.
 LARGE_CT_OVERRIDES = ["data.spacing=[1.5,1.5,2.0]", "patch.patch_size=[96,96,96]", "infer.overlap=0.25",
@@ -51,29 +63,49 @@ def _planned(pipeline: str, data_root: Path, overrides: list[str]):
     return plan(config, dataset, dataset.cases[:20]), dataset
 
 
-def training_throughput(pipeline: str, data_root: Path, iterations: int = 20) -> dict:
-    """Patches per second over ``iterations`` optimiser steps after 3 warm-up steps (20 cases cached)."""
-    from medseg.engine.trainer import build_optimizer
-    from medseg.workflows.training import segmentation_loaders
+SPEED_VARIANTS = {  # the Trainer's settings before the speed work, and as they are now
+    "before (fp32, contiguous)": ["train.channels_last=false"],
+    "after (defaults)": [],
+}
 
-    config, dataset = _planned(pipeline, data_root, ["train.progress=false"])
-    segmenter = build_segmenter(config).train()
-    loader, _ = segmentation_loaders(config, segmenter, dataset.cases[:20], dataset.cases[:1])
-    optimizer = build_optimizer(config, segmenter.parameters())
-    batches = (batch for _ in range(1000) for batch in loader)
-    samples, start = 0, 0.0
-    for step in range(iterations + 3):
-        if step == 3:
-            samples, start = 0, time.perf_counter()
-        batch = next(batches)
-        optimizer.zero_grad()
-        segmenter.training_step(batch)["loss"].backward()
-        optimizer.step()
-        samples += batch["image"].shape[0]
+
+def _throughput(trainer: Trainer, iterations: int) -> tuple[float, float]:
+    """Samples/s and s/step of the Trainer's own training epoch (data loading included), after one
+    warm-up epoch."""
+    trainer._train_epoch()
+    start = time.perf_counter()
+    trainer._train_epoch()
     seconds = time.perf_counter() - start
-    patch = "x".join(map(str, config.patch.patch_size))
-    return {"pipeline": pipeline, "patch": patch, "samples_per_s": samples / seconds,
-            "s_per_step": seconds / iterations, "batch": samples // iterations}
+    config = trainer.config
+    return iterations * config.train.batch_size * config.data.samples_per_volume / seconds, seconds / iterations
+
+
+def training_throughput(label: str, config_path: str | None, data_root: Path, minutes: float,
+                        iterations: int = 12) -> list[dict]:
+    """Samples/s of ``medseg train CONFIG --data DIR train.max_minutes=M`` (planned as train plans it),
+    per speed variant, on 20 cached training cases."""
+    base = [f"train.max_minutes={minutes}", "train.progress=false", f"train.iterations_per_epoch={iterations}"]
+    variants = dict(SPEED_VARIANTS)
+    if cpu_has_native_bf16() and not torch.cuda.is_available():
+        variants["after + train.cpu_bf16=true"] = ["train.cpu_bf16=true"]
+    rows, loaders = [], None
+    with tempfile.TemporaryDirectory() as unused:
+        for name, overrides in variants.items():
+            run = prepare_labelled_run("train", config_path, data_root, Path(unused) / "run", [*base, *overrides],
+                                       plan_for="cuda" if torch.cuda.is_available() else "cpu")
+            config = run.config
+            torch.manual_seed(0)
+            segmenter = build_segmenter(config)
+            if loaders is None:
+                cases = run.part("train")[:20]
+                loaders = segmentation_loaders(config, segmenter, cases, cases[:1])
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            trainer = Trainer(segmenter, config, Path(unused) / "run", *loaders, device)
+            samples_per_s, s_per_step = _throughput(trainer, iterations)
+            rows.append({"pipeline": label, "variant": name, "patch": "x".join(map(str, config.patch.patch_size)),
+                         "batch": config.train.batch_size * config.data.samples_per_volume,
+                         "samples_per_s": samples_per_s, "s_per_step": s_per_step})
+    return rows
 
 
 def _random_run(pipeline: str, data_root: Path, overrides: list[str], folder: Path) -> Path:
@@ -155,6 +187,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--output", type=Path, default=None, help="keep the generated files here")
     parser.add_argument("--skip-reference", action="store_true", help="do not run the MONAI comparison script")
+    parser.add_argument("--training-only", action="store_true", help="only the training samples/s")
     parser.add_argument("--infer-one", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--monai-reference", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -166,11 +199,13 @@ def main() -> None:
     work = args.output or Path(tempfile.mkdtemp(prefix="medseg-benchmark-"))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"device {'cuda' if torch.cuda.is_available() else 'cpu'}; files in {work}")
-    print("\ntraining throughput (random patches from 20 cached cases)")
-    for pipeline, folder in (("hippocampus_patch", "hippocampus"), ("openkbp_patch", "openkbp_oar")):
-        r = training_throughput(pipeline, args.data / folder)
-        print(f"  {pipeline:20s} patch {r['patch']:10s} batch {r['batch']:2d}: "
-              f"{r['samples_per_s']:6.1f} samples/s ({r['s_per_step']:.2f} s/step)")
+    print("\ntraining samples/s: the Trainer's epoch, data loading included (20 cached training cases)")
+    for label, config_path, folder, minutes in TRAINING_PIPELINES:
+        for r in training_throughput(label, config_path, args.data / folder, minutes):
+            print(f"  {r['pipeline']:28s} {r['variant']:28s} patch {r['patch']:10s} x{r['batch']:2d}: "
+                  f"{r['samples_per_s']:6.1f} samples/s ({r['s_per_step']:.2f} s/step)", flush=True)
+    if args.training_only:
+        return None
 
     print("\ninference per case (own process: seconds, peak RSS)")
     cases = []

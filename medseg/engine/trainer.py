@@ -30,6 +30,8 @@ from medseg.engine.speed import autocast, channels_last_, channels_last_input, c
 from medseg.engine.task import Task
 from medseg.errors import MedsegError
 
+VALIDATION_TIME_RATIO = 9.0  # train.val_every=0: training seconds per validation second, at least
+
 
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch; the Trainer calls it at every epoch start so that a run resumed
@@ -116,6 +118,8 @@ class Trainer:
         self.best_metric = -1.0
         self.best_epoch = -1
         self.preview: dict[str, torch.Tensor] | None = None
+        self.validation_s: float | None = None  # the last validation's duration (train.val_every=0)
+        self.trained_since_validation_s = 0.0
 
     @staticmethod
     def _encoder_parameters(task: Task, config: Config) -> list[torch.nn.Parameter]:
@@ -265,6 +269,14 @@ class Trainer:
                 logs[f"val_{key}"] = float(torch.cat(values).mean())
         return logs
 
+    def _validation_due(self) -> bool:
+        """Every ``val_every`` epochs; with 0, once the training since the last validation took
+        ``VALIDATION_TIME_RATIO`` times that validation (the first epoch validates, to measure it)."""
+        every = self.config.train.val_every
+        if every:
+            return (self.epoch + 1) % every == 0
+        return self.validation_s is None or self.trained_since_validation_s >= VALIDATION_TIME_RATIO * self.validation_s
+
     def _improves(self, value: float) -> bool:
         if self.best_epoch < 0:
             return True
@@ -293,9 +305,11 @@ class Trainer:
             last = self.epoch + 1 == train.max_epochs
             minutes = train.max_minutes
             crossing = bool(minutes and self.elapsed_s + time.perf_counter() - start >= 60.0 * minutes)
-            validate = (self.epoch + 1) % max(1, train.val_every) == 0 or last or crossing
-            if validate:
+            self.trained_since_validation_s += time.perf_counter() - start
+            if validate := self._validation_due() or last or crossing:
+                validation_start = time.perf_counter()
                 logs.update(self._validate())
+                self.validation_s, self.trained_since_validation_s = time.perf_counter() - validation_start, 0.0
             self.elapsed_s += time.perf_counter() - start
             logs["elapsed_min"] = self.elapsed_s / 60.0
             self.epoch += 1

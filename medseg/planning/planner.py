@@ -167,6 +167,7 @@ def make_plan(fp: Fingerprint, class_names: list[str], modality: str, strategy: 
     iterations = 250 if compute >= 200 else 50
     plan.set("train", "iterations_per_epoch", Planned(iterations, "steps between validations and checkpoints"))
     plan.set("train", "max_epochs", Planned(1000, "the time budget ends the run first"))
+    plan.set("train", "val_every", Planned(0, "validate after 9x its own time in training: under 10% of the budget"))
     plan.set("train", "max_minutes", Planned(minutes, "the budget this plan assumed"))
     stats = fp.intensity_statistics()
     median_shape = np.median(fp.cropped_shapes, axis=0).astype(int).tolist()

@@ -107,3 +107,21 @@ def test_encoder_freezing_works_with_every_strategy_whose_network_has_an_encoder
     trainer._set_encoder_frozen()
     assert all(not p.requires_grad for p in segmenter.network.encoder.parameters())
     assert any(p.requires_grad for p in segmenter.parameters() if id(p) not in encoder)
+
+
+def test_automatic_validation_keeps_validation_under_a_tenth_of_the_training_time():
+    from types import SimpleNamespace
+
+    from medseg.engine.trainer import VALIDATION_TIME_RATIO
+
+    def due(val_every, epoch, validation_s, trained_s):
+        state = SimpleNamespace(config=load_config(None, [f"train.val_every={val_every}"]), epoch=epoch,
+                                validation_s=validation_s, trained_since_validation_s=trained_s)
+        return Trainer._validation_due(state)
+
+    assert due(0, 0, None, 0.0)  # the first validation measures what one costs
+    assert not due(0, 5, 10.0, VALIDATION_TIME_RATIO * 10.0 - 1)
+    assert due(0, 5, 10.0, VALIDATION_TIME_RATIO * 10.0)
+    assert [due(3, e, 1.0, 100.0) for e in range(4)] == [False, False, True, False]
+    with pytest.raises(MedsegError, match="train.val_every"):
+        load_config(None, ["train.val_every=-1"])

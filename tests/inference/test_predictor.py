@@ -79,3 +79,17 @@ def test_dicom_series_folder_is_predicted_under_the_folder_name(tiny_run, tmp_pa
     written = nib.load(str(tmp_path / "out" / "patient7.nii.gz"))
     assert written.shape == (30, 28, 10)
     np.testing.assert_allclose(written.affine, read_volume(scans / "patient7").affine, atol=1e-4)
+
+
+def test_infer_can_use_the_last_checkpoint_instead_of_the_best(tiny_run, tmp_path, capsys):
+    from medseg.cli import main
+
+    image = write_nifti(tmp_path / "case_0000.nii.gz", _ct_like((24, 24, 12)))
+    for checkpoint in ("best.pt", "last.pt"):
+        out = tmp_path / checkpoint
+        assert main(["infer", "--model", str(tiny_run), "-i", str(image), "-o", str(out), "--device", "cpu",
+                     "--checkpoint", checkpoint, "--no-progress"]) == 0
+        assert (out / "case.nii.gz").is_file()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["infer", "--model", str(tiny_run), "-i", str(image), "-o", str(tmp_path / "x"), "--checkpoint", "x.pt"])
+    assert exit_info.value.code == 2 and not (tmp_path / "x").exists()
