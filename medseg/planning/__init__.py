@@ -31,13 +31,13 @@ class DatasetPlan:
         """The run folder's name when no config names it."""
         return f"{self.dataset.root.name}_{self.resolved.model.strategy}"
 
-    def to_yaml(self, strategy: str, plan: Plan | None = None) -> str:
-        """``plan`` (by default the whole plan) as a pipeline YAML with a reason beside every value."""
+    def to_yaml(self, strategy: str, plan: Plan | None = None, config_source: str | None = None) -> str:
+        """``plan`` (by default the whole plan) as a pipeline YAML with a reason beside every value; with
+        ``config_source``, the part of a plan that ``medseg train`` layered under that CONFIG."""
         data = self.resolved.data
-        name = self.default_name
         found = f"{self.dataset.layout} layout, {len(self.dataset.cases)} cases"
         fixed: dict[str, dict[str, tuple[Any, str]]] = {
-            "": {"name": (name, "the run folder's name")},
+            "": {} if config_source else {"name": (self.default_name, "the run folder's name")},
             "data": {
                 "root": (str(self.dataset.root.resolve()), found),
                 "modality": (data.modality, "from dataset.json" if self.dataset.modality else "no CT declared"),
@@ -48,6 +48,9 @@ class DatasetPlan:
         }
         header = [f"medseg plan {self.dataset.root} --strategy {strategy}: edit freely, then",
                   "medseg train THIS_FILE  (KEY=VALUE overrides win over the values here)"]
+        if config_source:
+            header = [f"planned by medseg train from {self.dataset.root} under {config_source}: the values of",
+                      "that CONFIG and the KEY=VALUE overrides win over these (config.yaml holds the result)"]
         return render_plan(plan or self.plan, header, fixed)
 
 

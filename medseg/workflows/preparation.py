@@ -67,7 +67,7 @@ def prepare_labelled_run(
         planned = plan_cases(dataset, train_cases, config, plan_for)
         chosen = user_keys(config_path, overrides)
         kept = planned.plan.without(chosen)
-        plan_text = planned.to_yaml(config.model.strategy, kept)
+        plan_text = planned.to_yaml(config.model.strategy, kept, str(config_path) if config_path else None)
         layer = kept.as_dict() if config_path is not None else {"name": planned.default_name, **kept.as_dict()}
         root = config.data.root
         config = load_config(config_path, overrides, command=command, planned=layer)

@@ -169,6 +169,7 @@ def test_a_config_wins_over_the_plan_and_overrides_win_over_both(phantom_dir, tm
     assert saved["train"]["batch_size"] == 2  # the override beats the config
     plan = (run / "plan.yaml").read_text(encoding="utf-8")
     assert "not planned: data.intensity_mean" in plan and "\n  patch_size:" not in plan
+    assert f"under {config}" in plan and "\nname:" not in plan
 
 
 def test_train_without_config_or_data_is_a_usage_error(capsys):
