@@ -31,7 +31,7 @@ from medseg.data.datasets import discover_dataset
 from medseg.data.planning import plan
 from medseg.engine.checkpoint import save_checkpoint
 from medseg.engine.speed import cpu_has_native_bf16
-from medseg.engine.trainer import Trainer
+from medseg.engine.trainer import Trainer, distributed_device
 from medseg.strategies import build_segmenter
 from medseg.workflows.preparation import prepare_labelled_run
 from medseg.workflows.training import segmentation_loaders
@@ -85,21 +85,21 @@ def training_throughput(label: str, config_path: str | None, data_root: Path, mi
     """Samples/s of ``medseg train CONFIG --data DIR train.max_minutes=M`` (planned as train plans it),
     per speed variant, on 20 cached training cases."""
     base = [f"train.max_minutes={minutes}", "train.progress=false", f"train.iterations_per_epoch={iterations}"]
+    device = distributed_device()
     variants = dict(SPEED_VARIANTS)
-    if cpu_has_native_bf16() and not torch.cuda.is_available():
+    if cpu_has_native_bf16() and device.type == "cpu":
         variants["after + train.cpu_bf16=true"] = ["train.cpu_bf16=true"]
     rows, loaders = [], None
     with tempfile.TemporaryDirectory() as unused:
         for name, overrides in variants.items():
             run = prepare_labelled_run("train", config_path, data_root, Path(unused) / "run", [*base, *overrides],
-                                       plan_for="cuda" if torch.cuda.is_available() else "cpu")
+                                       plan_for="cuda" if device.type == "cuda" else "cpu")
             config = run.config
             torch.manual_seed(0)
             segmenter = build_segmenter(config)
             if loaders is None:
                 cases = run.part("train")[:20]
                 loaders = segmentation_loaders(config, segmenter, cases, cases[:1])
-            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
             trainer = Trainer(segmenter, config, Path(unused) / "run", *loaders, device)
             samples_per_s, s_per_step = _throughput(trainer, iterations)
             rows.append({"pipeline": label, "variant": name, "patch": "x".join(map(str, config.patch.patch_size)),
