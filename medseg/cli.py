@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gt", required=True, help="folder of ground-truth label maps")
     p.add_argument("--dataset", help="dataset folder whose dataset.json names the classes")
     p.add_argument("-o", "--output", help="summary JSON to write (per-case CSV beside it)")
+    p.add_argument("--partial-classes", nargs="+", default=[], metavar="NAME",
+                   help="classes not every ground truth annotates: scored only on the cases that hold them")
 
     p = sub.add_parser("check", help="validate a dataset folder; one problem per line")
     p.add_argument("dataset")

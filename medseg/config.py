@@ -22,6 +22,8 @@ import yaml
 
 from medseg.errors import MedsegError
 
+MARGINAL_LOSSES = ("dice_ce", "dice", "ce")  # the train.loss values that have a partial-label (marginal) form
+
 
 @dataclass
 class AugmentConfig:
@@ -49,6 +51,12 @@ class DataConfig:
     to ``class_ratios`` (background first), which reaches rare classes.
 
     ``train_fraction`` < 1 trains on a seeded subset of the training split (label-efficiency studies).
+
+    ``partial_classes`` names the classes that not every case annotates (clinical contours often leave
+    organs out). A case whose label map lacks one of them says nothing about it: training uses the
+    marginal form of ``train.loss`` for that case, and evaluation scores the class only on cases that
+    annotate it. Presence counts alone cannot tell this from a class that is truly absent (a tumour), so
+    it is declared, never guessed; the plan lists the classes missing from many cases as candidates.
     """
 
     root: str | None = None
@@ -63,6 +71,7 @@ class DataConfig:
     crop_foreground: bool = True
     sampling: Literal["pos_neg", "classes"] = "pos_neg"
     class_ratios: list[float] | None = None
+    partial_classes: list[str] = field(default_factory=list)
     samples_per_volume: int = 2
     pos_fraction: float = 0.67
     val_fraction: float = 0.2
@@ -602,6 +611,9 @@ def check_values(config: Config) -> None:
     _check_model(config.model)
     _check_train(config.train)
     if config.command == "train":
+        if config.data.partial_classes:
+            _require(config.train.loss in MARGINAL_LOSSES, "train.loss",
+                     f"one of {', '.join(MARGINAL_LOSSES)} with data.partial_classes", config.train.loss)
         _check_infer(config.infer)
         _sizes("patch.patch_size", config.patch.patch_size, 3)
         _check_slice2d(config.slice2d)
@@ -611,4 +623,6 @@ def check_values(config: Config) -> None:
     elif config.command == "pretrain":
         _check_pretrain(config.pretrain)
     else:
+        _require(not config.data.partial_classes, "data.partial_classes",
+                 "none with medseg compare (its 2D models have no partial-label loss)", config.data.partial_classes)
         _check_compare(config.compare, config.model)

@@ -7,7 +7,8 @@ would merge every case into one); a prediction named with a channel suffix (``ca
 
 Metrics and their conventions are those of :func:`medseg.metrics.segmentation_metrics`: a class absent from
 both prediction and ground truth is NaN (excluded from means), predicted-but-absent gives Dice 0, HD95 is in
-mm (spacing from the ground truth's affine) and NaN when either side is empty.
+mm (spacing from the ground truth's affine) and NaN when either side is empty. A *partial* class (one that
+not every ground truth annotates) is not scored on a case whose ground truth lacks it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,6 +146,7 @@ def evaluate_folders(
     class_names: dict[int, str] | None = None,
     output_json: str | Path | None = None,
     include_hd95: bool = True,
+    partial_classes: Collection[str] = (),
 ) -> EvaluationResult:
     """Score every ground-truth case against its prediction, one case at a time.
 
@@ -158,6 +161,9 @@ def evaluate_folders(
             beside it with the same stem (``metrics.json`` -> ``metrics.csv``).
         include_hd95: compute HD95 (the slowest metric); when False the rows have no ``hd95_*`` columns and
             the summary's HD95 values are NaN (null in the JSON).
+        partial_classes: names of classes that not every ground truth annotates (``data.partial_classes``):
+            a case whose ground truth lacks one is not scored for it, since its absence there means "not
+            contoured", not "not there".
 
     Returns:
         An :class:`EvaluationResult`. ``summary`` holds ``"mean_dice"``, ``"mean_hd95"``, ``"num_cases"``,
@@ -176,7 +182,7 @@ def evaluate_folders(
     gt_cases = _list_cases(gt_dir, "ground-truth")
     pred_cases = _list_cases(pred_dir, "prediction")
     matched, unmatched = _match_cases(pred_cases, gt_cases, pred_dir)
-    return evaluate_cases(matched, class_names, output_json, include_hd95, unmatched)
+    return evaluate_cases(matched, class_names, output_json, include_hd95, unmatched, partial_classes)
 
 
 def evaluate_cases(
@@ -185,14 +191,18 @@ def evaluate_cases(
     output_json: str | Path | None = None,
     include_hd95: bool = True,
     unmatched: int = 0,
+    partial_classes: Collection[str] = (),
 ) -> EvaluationResult:
     """Score explicit (case, prediction file, ground-truth file) triples; see :func:`evaluate_folders`."""
     output_json = Path(output_json) if output_json is not None else None
     names = _normalise_class_names(class_names) if class_names is not None else None
-    scores = [_score_case(case, pred_path, gt_path, names, include_hd95) for case, pred_path, gt_path in matched]
+    partial = _partial_labels(partial_classes, names)
+    scores = [_score_case(case, pred_path, gt_path, names, include_hd95, partial)
+              for case, pred_path, gt_path in matched]
     if names is None:
         names = {label: f"class_{label}" for label in sorted({label for s in scores for label in s.values})}
     result = _aggregate(scores, names, include_hd95, unmatched)
+    result.summary["partial_classes"] = [names[label] for label in sorted(partial)]
     if output_json is not None:
         _write_outputs(result, output_json)
     return result
@@ -232,16 +242,31 @@ def _read_pair(
     return pred, target, spacing, pred_labels, gt_labels
 
 
+def _partial_labels(partial_classes: Collection[str], names: dict[int, str] | None) -> set[int]:
+    """The label values of ``partial_classes``, which must be among the class names."""
+    if not partial_classes:
+        return set()
+    by_name = {name: label for label, name in (names or {}).items()}
+    unknown = [name for name in partial_classes if name not in by_name]
+    if unknown:
+        known = ", ".join(by_name) or "none are named; give the dataset that names them"
+        raise MedsegError(f"partial classes: {', '.join(unknown)} not among the classes ({known})")
+    return {by_name[name] for name in partial_classes}
+
+
 def _score_case(
-    case: str, pred_path: Path, gt_path: Path, names: dict[int, str] | None, include_hd95: bool
+    case: str, pred_path: Path, gt_path: Path, names: dict[int, str] | None, include_hd95: bool,
+    partial: Collection[int] = (),
 ) -> _CaseScores:
-    """Metrics of every foreground label present in the prediction or the ground truth of one case.
+    """Metrics of every foreground label present in the prediction or the ground truth of one case, less
+    the ``partial`` labels this ground truth does not annotate.
 
     The label maps live only inside this call, so however many cases there are, one case's arrays are
     in memory at a time. Labels absent from both sides are left out here and become NaN in the aggregate.
     """
     pred, target, spacing, pred_labels, gt_labels = _read_pair(pred_path, gt_path, names)
-    labels = sorted(({int(v) for v in pred_labels} | {int(v) for v in gt_labels}) - {0})
+    unannotated = set(partial) - {int(v) for v in gt_labels}
+    labels = sorted(({int(v) for v in pred_labels} | {int(v) for v in gt_labels}) - {0} - unannotated)
     values: dict[int, dict[str, float]] = {}
     if labels:
         metrics = segmentation_metrics(pred, target, max(labels) + 1, spacing=spacing, include_hd95=include_hd95)
@@ -352,4 +377,7 @@ def format_table(result: EvaluationResult) -> str:
         return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     rule = "-" * len(line(header))
-    return "\n".join([line(header), rule, *(line(r) for r in body[:-1]), rule, line(body[-1])])
+    lines = [line(header), rule, *(line(r) for r in body[:-1]), rule, line(body[-1])]
+    if partial := result.summary.get("partial_classes"):
+        lines.append(f"{', '.join(partial)}: scored only on the cases whose ground truth holds them")
+    return "\n".join(lines)

@@ -126,6 +126,14 @@ def test_bad_values_fail_at_load_time_naming_the_key(override, words):
         load_config(None, [override])
 
 
+def test_partial_classes_need_a_loss_with_a_marginal_form_and_a_strategy():
+    with pytest.raises(MedsegError, match="'train.loss': expected one of dice_ce, dice, ce"):
+        load_config(None, ["data.partial_classes=[a]", "train.loss=dice_focal"])
+    with pytest.raises(MedsegError, match="'data.partial_classes': expected none with medseg compare"):
+        load_config(None, ["data.partial_classes=[a]"], command="compare")
+    assert load_config(None, ["data.partial_classes=[a, b]"]).data.partial_classes == ["a", "b"]
+
+
 def test_compare_keys_that_shadowed_train_are_gone():
     for key, new in (("compare.batch_size=4", "train.batch_size"), ("compare.max_minutes=5", "train.max_minutes")):
         with pytest.raises(MedsegError, match=re.escape(new)):

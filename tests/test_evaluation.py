@@ -89,6 +89,29 @@ def test_predicted_but_absent_class_counts_as_zero(tmp_path):
     assert result.summary["mean_dice"] == pytest.approx(0.5)
 
 
+def test_a_partial_class_is_scored_only_where_the_ground_truth_annotates_it(tmp_path):
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    g = _volume()
+    g[4:14, 4:14, 4:14] = 1
+    p = g.copy()
+    p[18:22, 18:22, 18:22] = 2  # a tumour predicted where the ground truth has none
+    _write(gt / "a.nii.gz", g)
+    _write(pred / "a.nii.gz", p)
+    g2 = g.copy()
+    g2[18:22, 18:22, 18:22] = 2
+    _write(gt / "b.nii.gz", g2)
+    _write(pred / "b.nii.gz", g2)
+    plain = evaluate_folders(pred, gt, class_names=NAMES)
+    assert plain.summary["per_class"]["tumor"]["dice"] == pytest.approx(0.5)
+    partial = evaluate_folders(pred, gt, class_names=NAMES, partial_classes=["tumor"])
+    assert math.isnan(partial.per_case[0]["dice_tumor"]) and partial.per_case[1]["dice_tumor"] == 1.0
+    assert partial.summary["per_class"]["tumor"]["dice"] == 1.0
+    assert partial.summary["partial_classes"] == ["tumor"]
+    assert "tumor: scored only on the cases" in format_table(partial)
+    with pytest.raises(MedsegError, match="partial classes: lesion not among the classes"):
+        evaluate_folders(pred, gt, class_names=NAMES, partial_classes=["lesion"])
+
+
 def test_json_and_csv_written(tmp_path):
     pred, gt = _cases(tmp_path)
     out = tmp_path / "results" / "nested" / "metrics.json"

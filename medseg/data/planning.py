@@ -76,6 +76,10 @@ def plan(config: Config, dataset: Dataset, train_cases: list[Case]) -> Config:
         names = ["background"] + [f"class_{k}" for k in range(1, max(values) + 1)]
     if len(names) < 2:
         raise MedsegError(f"{dataset.root}: need at least one foreground class, got {names}")
+    unknown = [name for name in data.partial_classes if name not in names[1:]]
+    if unknown:
+        raise MedsegError(f"config key 'data.partial_classes': {', '.join(unknown)} not among the foreground classes "
+                          f"of {dataset.root} ({', '.join(names[1:])})")
     modality = _modality(config, dataset.modality)
     spacing = data.spacing or _median_spacing([c.image for c in train_cases])
     window = data.intensity_window

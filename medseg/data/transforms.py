@@ -64,6 +64,29 @@ class LoadVolumed(MapTransform):
         return d
 
 
+class AnnotatedClassesd(MapTransform):
+    """``annotated``: which classes a case's label map speaks for, a bool [K] (background first).
+
+    Every class is annotated except those of ``data.partial_classes`` the whole label map lacks; the
+    marginal loss and the validation Dice read it. Computed once per case on the preprocessed label,
+    before any crop, so a crop that misses an annotated organ still teaches "not this organ here".
+    """
+
+    def __init__(self, class_names: list[str], partial_classes: list[str]) -> None:
+        super().__init__("label")
+        self.num_classes = len(class_names)
+        self.partial = [class_names.index(name) for name in partial_classes]
+
+    def __call__(self, data: dict) -> dict:
+        d = dict(data)
+        annotated = torch.ones(self.num_classes, dtype=torch.bool)
+        if self.partial:
+            present = torch.bincount(torch.as_tensor(d["label"]).flatten().long(), minlength=self.num_classes) > 0
+            annotated[self.partial] = present[self.partial]
+        d["annotated"] = annotated
+        return d
+
+
 def _foreground_selector(data: DataConfig) -> Callable[[torch.Tensor], torch.Tensor]:
     if data.modality == "ct":
         return lambda x: x > CT_BODY_THRESHOLD_HU

@@ -33,6 +33,7 @@ UNBOUNDED_MINUTES = 600.0  # the budget a plan assumes when the run has no time 
 COUPLED_KEYS = (
     frozenset({"data.normalization", "data.intensity_window", "data.intensity_mean", "data.intensity_std"}),
     frozenset({"data.sampling", "data.class_ratios", "data.pos_fraction"}),
+    frozenset({"train.batch_size", "data.samples_per_volume"}),
     frozenset({"patch.patch_size", "slice2d.patch_size", "slice2d.context_slices", "lowres.grid_size",
                "model.network", "model.channels", "model.strides", "model.kernel_sizes", "model.num_res_units"}),
 )
@@ -116,8 +117,10 @@ def _plan_patch(plan: Plan, fp: Fingerprint, spacing: list[float], compute: floa
     else:
         plan.set("model", "network", Planned("unet", "residual U-Net: far cheaper per step than nnU-Net's on a CPU"))
         plan.set("model", "num_res_units", Planned(2, "two residual units a stage"))
-    preferred = 2 if compute >= 200 or np.prod(patch) > 200_000 else 4
-    plan.set("train", "batch_size", rules.batch_size(patch, fp, spacing, preferred))
+    preferred_samples = 4 if compute >= 200 or np.prod(patch) > 200_000 else 8
+    per_volume = rules.samples_per_volume(patch, fp, spacing)
+    plan.set("data", "samples_per_volume", per_volume)
+    plan.set("train", "batch_size", rules.batch_size(patch, fp, spacing, preferred_samples, per_volume.value))
 
 
 def _plan_slice2d(plan: Plan, fp: Fingerprint, spacing: list[float], compute: float) -> None:
@@ -162,6 +165,7 @@ def make_plan(fp: Fingerprint, class_names: list[str], modality: str, strategy: 
         plan.set("data", "normalization", Planned("zscore", f"{modality.upper()}: each image standardised on its own"))
     plan.set("data", "sampling", Planned("classes", "crops centred on each class: rare organs are seen"))
     plan.set("data", "class_ratios", rules.class_ratios(fp, class_names))
+    plan.set("data", "partial_classes", rules.partial_classes(fp, class_names))
     plan.set("data.augment", "flip_axes", rules.mirror_axes(fp, class_names))
     STRATEGY_RULES[strategy](plan, fp, [float(v) for v in chosen.value], compute)
     iterations = 250 if compute >= 200 else 50

@@ -104,13 +104,27 @@ def fit_patch(spacing: list[float], median_shape: np.ndarray, max_voxels: float)
     return sized
 
 
-def batch_size(patch: list[int], fp: Fingerprint, spacing: list[float], preferred: int) -> Planned:
-    """``preferred`` samples, at least 2, and no more than ``MAX_DATASET_SHARE`` of the dataset's voxels."""
+def samples_per_volume(patch: list[int], fp: Fingerprint, spacing: list[float]) -> Planned:
+    """Crops drawn from each loaded image: one where the patch covers the median image, since a second
+    crop would be the same image again (only its augmentation differs), else two."""
+    median = resampled_median_shape(fp, spacing)
+    if all(p >= m for p, m in zip(patch, median)):
+        return Planned(1, "the patch covers the median image: a second crop would repeat it")
+    return Planned(2, "two crops of each loaded image")
+
+
+def batch_size(patch: list[int], fp: Fingerprint, spacing: list[float], preferred_samples: int,
+               per_volume: int) -> Planned:
+    """Images a step, ``per_volume`` crops each: ``preferred_samples`` crops, at least 2, and no more than
+    ``MAX_DATASET_SHARE`` of the dataset's voxels in one step (nnU-Net's cap)."""
     dataset_voxels = float(np.prod(resampled_median_shape(fp, spacing))) * fp.num_cases
     cap = max(2, int(dataset_voxels * MAX_DATASET_SHARE // np.prod(patch, dtype=np.float64)))
-    size = max(2, min(preferred, cap))
-    reason = f"{preferred} for the budget" if size == preferred else f"capped at {MAX_DATASET_SHARE:.0%} of the dataset"
-    return Planned(size, reason)
+    samples = max(2, min(preferred_samples, cap))
+    size = max(1, samples // per_volume)
+    crops = f"{size} images x {per_volume} crops"
+    if samples == preferred_samples:
+        return Planned(size, f"{crops}: {preferred_samples} samples a step for the budget")
+    return Planned(size, f"{crops}: a step sees at most {MAX_DATASET_SHARE:.0%} of the dataset's voxels")
 
 
 def ct_normalisation(fp: Fingerprint) -> dict[str, Planned]:
@@ -167,3 +181,15 @@ def class_ratios(fp: Fingerprint, class_names: list[str]) -> Planned:
             if 0 < present[k] < 0.9 * fp.num_cases]
     note = f"; present in fewer cases: {', '.join(rare)}" if rare else ""
     return Planned(ratios, f"background and each class equally often{note}")
+
+
+def partial_classes(fp: Fingerprint, class_names: list[str]) -> Planned:
+    """Always none: whether a label map that lacks a class left it uncontoured, or the class is not there,
+    cannot be read from the labels, so the user declares it. The reason names the candidates: classes
+    missing from more than a tenth of the cases."""
+    present = (fp.class_voxels() > 0).sum(axis=0)
+    missing = [f"{class_names[k]} (in {present[k]}/{fp.num_cases})" for k in range(1, len(class_names))
+               if present[k] < 0.9 * fp.num_cases]
+    if not missing:
+        return Planned([], "every class is in at least 90% of the cases")
+    return Planned([], f"declared, not planned; list those of {', '.join(missing)} that some cases leave uncontoured")

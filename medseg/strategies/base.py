@@ -12,6 +12,7 @@ from monai.transforms import Transform
 from medseg.config import Config
 from medseg.engine.pictures import overlay
 from medseg.engine.task import Task
+from medseg.losses import build_loss
 from medseg.metrics import segmentation_metrics
 
 
@@ -34,6 +35,18 @@ class Cascade:
     key: str
 
 
+def leave_out_unannotated(figures: dict[str, torch.Tensor], batch: dict) -> dict[str, torch.Tensor]:
+    """``figures`` with every per-class Dice (keys starting ``dice``) NaN where the batch says its case
+    does not annotate the class (``data.partial_classes``), so that it is not scored there."""
+    if "annotated" not in batch:
+        return figures
+    unannotated = ~batch["annotated"][:, 1:].bool().cpu()
+    for key, values in figures.items():
+        if key.startswith("dice"):
+            values[unannotated] = torch.nan
+    return figures
+
+
 class Segmenter(Task):
     """A strategy: how volumes are sampled for training and how a whole volume is predicted.
 
@@ -47,6 +60,7 @@ class Segmenter(Task):
         super().__init__()
         self.config = config
         self.num_classes = len(config.data.class_names or [])
+        self.loss = build_loss(config.train.loss, partial_labels=bool(config.data.partial_classes))
 
     @property
     def score_names(self) -> list[str]:
@@ -61,6 +75,15 @@ class Segmenter(Task):
         """Transforms after preprocessing that turn a cached volume into training samples."""
         raise NotImplementedError
 
+    def segmentation_loss(self, logits: torch.Tensor, batch: dict, chosen: torch.Tensor | None = None) -> torch.Tensor:
+        """``train.loss`` of ``logits`` against the batch's labels (the ``chosen`` samples only, if given),
+        in its marginal form where the batch says which classes each sample annotates."""
+        label = batch["label"] if chosen is None else batch["label"][chosen]
+        if "annotated" not in batch:
+            return self.loss(logits, label)
+        annotated = batch["annotated"] if chosen is None else batch["annotated"][chosen]
+        return self.loss(logits, label, annotated)
+
     def segment(self, image: torch.Tensor) -> VolumePrediction:
         """Segment one preprocessed image [C, D, H, W] on its own grid."""
         raise NotImplementedError
@@ -70,15 +93,16 @@ class Segmenter(Task):
         return None
 
     def validation_step(self, batch: dict) -> dict[str, torch.Tensor]:
-        """Per-class Dice of each whole validation volume (NaN where a class is absent from both), and
-        the predicted ``labels`` (validation batches hold one volume, or volumes of one shape)."""
+        """Per-class Dice of each whole validation volume (NaN where a class is absent from both, or not
+        annotated in that case), and the predicted ``labels`` (validation batches hold one volume, or
+        volumes of one shape)."""
         dices, predictions = [], []
         for image, label in zip(batch["image"], batch["label"]):
             pred = self.segment(image).labels.cpu()
             metrics = segmentation_metrics(pred, label[0].cpu(), self.num_classes, include_hd95=False)
             dices.append(torch.as_tensor(metrics["dice"], dtype=torch.float32))
             predictions.append(pred)
-        return {"dice": torch.stack(dices), "labels": torch.stack(predictions)}
+        return leave_out_unannotated({"dice": torch.stack(dices), "labels": torch.stack(predictions)}, batch)
 
     def preview_images(self, batch: dict, outputs: dict) -> dict[str, torch.Tensor]:
         """RGB pictures [3, H, W] of the first validation case for TensorBoard: the middle axial slice

@@ -15,7 +15,6 @@ from monai.transforms import Resized, Transform
 
 from medseg.config import Config
 from medseg.data.transforms import augmentation
-from medseg.losses import build_loss
 from medseg.networks import build_network_3d
 from medseg.resample import class_argmax, softmax_
 from medseg.strategies.base import Cascade, Segmenter, VolumePrediction
@@ -30,7 +29,6 @@ class LowresSegmenter(Segmenter):
         super().__init__(config)
         self.grid_size = list(config.lowres.grid_size)
         self.network = build_network_3d(config.model, 1, self.num_classes, self.grid_size, size_key="lowres.grid_size")
-        self.loss = build_loss(config.train.loss)
 
     def grid_transforms(self, with_label: bool) -> list[Transform]:
         keys = ("image", "label") if with_label else ("image",)
@@ -41,7 +39,7 @@ class LowresSegmenter(Segmenter):
         return augmentation(self.config.data.augment, ("image", "label"))
 
     def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
-        return {"loss": self.loss(self.network(batch["image"]), batch["label"])}
+        return {"loss": self.segmentation_loss(self.network(batch["image"]), batch)}
 
     @torch.inference_mode()
     def segment(self, image: torch.Tensor) -> VolumePrediction:

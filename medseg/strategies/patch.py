@@ -9,7 +9,6 @@ from monai.transforms import ClassesToIndicesd, RandCropByLabelClassesd, RandCro
 from medseg.config import Config
 from medseg.data.transforms import augmentation
 from medseg.errors import MedsegError
-from medseg.losses import build_loss
 from medseg.networks import build_network_3d
 from medseg.resample import class_argmax, softmax_
 from medseg.strategies.base import Segmenter, VolumePrediction
@@ -28,7 +27,6 @@ class PatchSegmenter(Segmenter):
         if config.data.sampling == "classes" and ratios is not None and len(ratios) != self.num_classes:
             raise MedsegError(f"config key 'data.class_ratios': expected {self.num_classes} ratios, one per class "
                               f"background first, got {ratios}")
-        self.loss = build_loss(config.train.loss)
 
     def train_sampling(self) -> list[Transform]:
         data = self.config.data
@@ -52,7 +50,7 @@ class PatchSegmenter(Segmenter):
 
     def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
         logits = self.network(batch["image"])
-        return {"loss": self.loss(logits, batch["label"])}
+        return {"loss": self.segmentation_loss(logits, batch)}
 
     def _inferer(self, device: torch.device) -> SlidingWindowInferer:
         infer = self.config.infer

@@ -18,12 +18,11 @@ from torch import nn
 from medseg.config import Config
 from medseg.data.sampling import RandSliced, SliceCropd
 from medseg.data.transforms import augmentation
-from medseg.losses import build_loss
 from medseg.metrics import binary_dice, segmentation_metrics
 from medseg.networks import build_network_2d
 from medseg.regions import bounding_box
 from medseg.resample import class_argmax, softmax_
-from medseg.strategies.base import Segmenter, VolumePrediction
+from medseg.strategies.base import Segmenter, VolumePrediction, leave_out_unannotated
 
 
 def with_context(volume: torch.Tensor, axis: int, k: int) -> torch.Tensor:
@@ -92,7 +91,6 @@ class SliceSegmenter(Segmenter):
         count = 1 if s.shared_model else len(self.axes)
         networks = [build_network_2d(config.model, in_channels, self.num_classes, s.patch_size) for _ in range(count)]
         self.network = AxisNetworks(networks, self.axes)
-        self.loss = build_loss(config.train.loss)
 
     def train_sampling(self) -> list[Transform]:
         data, s = self.config.data, self.config.slice2d
@@ -112,7 +110,7 @@ class SliceSegmenter(Segmenter):
         for axis in axes.unique().tolist():
             chosen = axes == axis
             logits = self.network(batch["image"][chosen], axis=axis)
-            term = self.loss(logits, batch["label"][chosen]) * chosen.float().mean()
+            term = self.segmentation_loss(logits, batch, chosen) * chosen.float().mean()
             total = term if total is None else total + term
         if total is None:
             raise ValueError("SliceSegmenter.training_step: the batch holds no slices")
@@ -171,4 +169,4 @@ class SliceSegmenter(Segmenter):
                 dice = segmentation_metrics(pred, target, self.num_classes, include_hd95=False)["dice"]
                 out[key].append(torch.as_tensor(dice, dtype=torch.float32))
             out["labels"].append(fused)
-        return {k: torch.stack(v) for k, v in out.items() if v}
+        return leave_out_unannotated({k: torch.stack(v) for k, v in out.items() if v}, batch)

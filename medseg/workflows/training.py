@@ -14,7 +14,7 @@ from monai.data import DataLoader
 
 from medseg.config import Config
 from medseg.data.datasets import Case, loader_items
-from medseg.data.transforms import preprocessing
+from medseg.data.transforms import AnnotatedClassesd, preprocessing
 from medseg.engine.loaders import make_loaders
 from medseg.engine.run_folder import is_main_process, open_run_folder, rank_zero_log
 from medseg.engine.trainer import Trainer, distributed_device
@@ -30,7 +30,10 @@ from medseg.workflows.preparation import prepare_labelled_run, resume_labelled_r
 def segmentation_loaders(config: Config, segmenter: Segmenter, train_cases: list[Case],
                          val_cases: list[Case]) -> tuple[DataLoader, DataLoader]:
     """Training samples drawn by the strategy, and whole validation volumes on the strategy's grid."""
-    deterministic = preprocessing(config.data) + segmenter.grid_transforms(with_label=True)
+    deterministic = preprocessing(config.data)
+    if config.data.partial_classes:
+        deterministic.append(AnnotatedClassesd(config.data.class_names or [], config.data.partial_classes))
+    deterministic += segmenter.grid_transforms(with_label=True)
     return make_loaders(config, loader_items(train_cases), loader_items(val_cases),
                         deterministic + segmenter.train_sampling(), deterministic)
 
@@ -46,6 +49,7 @@ def _final_validation(config: Config, run_dir: Path, device: torch.device, val_c
         [(c.case_id, pred_dir / f"{c.case_id}.nii.gz", c.label) for c in val_cases if c.label is not None],
         class_names=dict(enumerate((config.data.class_names or [])[1:], start=1)),
         output_json=run_dir / "validation" / "metrics.json",
+        partial_classes=config.data.partial_classes,
     )
     log("validation cases, original geometry:\n" + format_table(evaluation))
 

@@ -52,6 +52,17 @@ def test_patch_fits_the_budget_and_the_network():
     assert np.prod(big) <= 64**3 * 1.15 and all(s % 16 == 0 for s in big)
 
 
+def test_a_patch_that_covers_the_image_takes_one_crop_per_image_and_more_images():
+    small = Fingerprint([_case([1, 1, 1], [35, 50, 35]) for _ in range(156)])
+    planned = make_plan(small, ["background", "a", "b"], "mri", "patch", "cpu", 10).as_dict()
+    assert planned["data"]["samples_per_volume"] == 1
+    cap = int(35 * 50 * 35 * 156 * rules.MAX_DATASET_SHARE // np.prod(planned["patch"]["patch_size"]))
+    assert planned["train"]["batch_size"] == min(8, cap)  # nnU-Net's 5% cap: 5 images of 40x56x40
+    large = Fingerprint([_case([1, 1, 1], [160, 160, 160]) for _ in range(50)])
+    planned = make_plan(large, ["background", "a", "b"], "ct", "patch", "cpu", 10).as_dict()
+    assert planned["data"]["samples_per_volume"] == 2 and planned["train"]["batch_size"] >= 1
+
+
 def test_mirroring_leaves_out_the_axis_along_which_two_classes_mirror_each_other():
     cases = [_case([1, 1, 1], [64, 64, 64], offsets=[[0, 0, 0], [-30 - i, 2, 1], [31 + i, 1, 0]])
              for i in range(5)]  # classes 1 and 2: left and right of the centre along R
@@ -152,6 +163,14 @@ def test_a_value_set_by_the_user_takes_its_coupled_values_out_of_the_plan():
     assert "not planned: data.intensity_mean" in kept.summary[-1]
     thick = make_plan(fp, ["background", "a", "b"], "ct", "patch", "cpu", 10, spacing=[1.0, 1.0, 4.0])
     assert thick.as_dict()["patch"]["patch_size"] != plan.as_dict()["patch"]["patch_size"]  # planned for it
+
+
+def test_classes_missing_from_many_cases_are_named_but_never_declared_partial():
+    lacking_b = [_case([1, 1, 1], [40, 56, 40], voxels=[1000, 100, 0]) for _ in range(3)]
+    fp = Fingerprint([_case([1, 1, 1], [40, 56, 40]) for _ in range(5)] + lacking_b)
+    planned = rules.partial_classes(fp, ["background", "a", "b"])
+    assert planned.value == [] and "b (in 5/8)" in planned.reason and "a (" not in planned.reason
+    assert {"data.partial_classes"} <= make_plan(fp, ["background", "a", "b"], "ct", "patch", "cpu", 10).keys()
 
 
 def test_a_config_wins_over_the_plan_and_overrides_win_over_both(phantom_dir, tmp_path):

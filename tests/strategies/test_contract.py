@@ -52,13 +52,19 @@ def _on_grid(segmenter, batch):
     return {k: item[k][None] for k in keys}
 
 
-def _training_batch(segmenter, volumes=2):
-    """Training samples made by the strategy's own sampling transforms from cached-like volumes."""
+def _training_batch(segmenter, volumes=2, annotated=None):
+    """Training samples made by the strategy's own sampling transforms from cached-like volumes. With
+    ``annotated`` (which classes the case annotates), the other classes are left out of the label map,
+    as a case that did not contour them has them."""
     volume = _on_grid(segmenter, _batch())
+    image, label = volume["image"][0], volume["label"][0].clone()
+    extra = {}
+    if annotated is not None:
+        extra = {"annotated": annotated}
+        label[~annotated[label.long()]] = 0
     sampling = Compose(segmenter.train_sampling())
     sampling.set_random_state(seed=0)
-    samples = [sampling({"image": MetaTensor(volume["image"][0]), "label": MetaTensor(volume["label"][0])})
-               for _ in range(volumes)]
+    samples = [sampling({"image": MetaTensor(image), "label": MetaTensor(label), **extra}) for _ in range(volumes)]
     return list_data_collate(samples)
 
 
@@ -105,6 +111,25 @@ class TestSegmenterContract:
             dice = segmenter.validation_step(_on_grid(segmenter, _batch()))["dice"]
         assert dice.shape == (1, 2)
         assert ((dice >= 0) & (dice <= 1)).all()
+
+    def test_partially_labelled_cases_train_with_the_marginal_loss(self, strategy, extra):
+        segmenter = _segmenter(strategy, [*extra, "data.partial_classes=[b]"]).train()
+        unannotated_b = torch.tensor([True, True, False])
+        batch = _training_batch(segmenter, volumes=6, annotated=unannotated_b)
+        assert batch["annotated"].shape == (len(batch["image"]), 3)  # the flag survives the sampling
+        loss = segmenter.training_step(batch)["loss"]
+        assert torch.isfinite(loss)
+        loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in segmenter.parameters() if p.grad is not None)
+        full = segmenter.training_step({**batch, "annotated": torch.ones_like(batch["annotated"])})["loss"]
+        assert not torch.isclose(loss, full)  # b's unlabelled slab is background only where b is annotated
+
+    def test_validation_leaves_unannotated_classes_unscored(self, strategy, extra):
+        segmenter = _segmenter(strategy, [*extra, "data.partial_classes=[b]"]).eval()
+        batch = {**_on_grid(segmenter, _batch()), "annotated": torch.tensor([[True, True, False]])}
+        with torch.no_grad():
+            dice = segmenter.validation_step(batch)["dice"]
+        assert not dice[0, 0].isnan() and dice[0, 1].isnan()
 
     def test_state_dict_round_trip_gives_identical_predictions(self, strategy, extra):
         first = _segmenter(strategy, extra).eval()
