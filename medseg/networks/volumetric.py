@@ -5,12 +5,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-from monai.networks.nets import UNETR, DynUNet, SwinUNETR, UNet, VNet
+from monai.networks.nets import UNETR, DynUNet, SwinUNETR, UNet
 from monai.networks.nets.swin_unetr import SwinTransformer
 from torch import nn
 
 from medseg.config import ModelConfig
 from medseg.errors import MedsegError
+from medseg.networks.vnet import PAPER_KERNEL, VNet
 from medseg.registry import Registry
 
 NETWORKS_3D: Registry[Callable[..., nn.Module]] = Registry("3D network")
@@ -28,6 +29,11 @@ def require_divisible(patch_size: Sequence[int], factor: int, network: str, key:
 def axis_strides(model: ModelConfig, spatial_dims: int) -> list[list[int]]:
     """``model.strides`` with one value per axis for every level (a plain stride applies to all axes)."""
     return [[s] * spatial_dims if isinstance(s, int) else list(s) for s in model.strides]
+
+
+def axis_kernels(model: ModelConfig, default: int) -> list[list[int]]:
+    """``model.kernel_sizes`` with one size per axis for every level; ``default`` on every axis when unset."""
+    return [[k] * 3 if isinstance(k, int) else list(k) for k in model.kernel_sizes or [default] * len(model.channels)]
 
 
 def require_divisible_per_axis(patch_size: Sequence[int], strides: list[list[int]], network: str, key: str) -> None:
@@ -72,7 +78,7 @@ def _dynunet(model: ModelConfig, in_channels: int, out_channels: int, patch_size
     planning gives them for anisotropic spacings."""
     strides = axis_strides(model, 3)
     require_divisible_per_axis(patch_size, strides, "dynunet", size_key)
-    kernels = [[k] * 3 if isinstance(k, int) else list(k) for k in model.kernel_sizes or [3] * len(model.channels)]
+    kernels = axis_kernels(model, 3)
     return DynUNet(
         spatial_dims=3,
         in_channels=in_channels,
@@ -90,11 +96,12 @@ def _dynunet(model: ModelConfig, in_channels: int, out_channels: int, patch_size
 @NETWORKS_3D.register("vnet")
 def _vnet(model: ModelConfig, in_channels: int, out_channels: int, patch_size: Sequence[int],
           size_key: str = "patch.patch_size") -> nn.Module:
-    """MONAI's V-Net (Milletari et al. 2016); four stride-2 stages, so sides divisible by 16."""
-    require_divisible(patch_size, 16, "vnet", key=size_key)
-    p = model.dropout
-    return VNet(spatial_dims=3, in_channels=in_channels, out_channels=out_channels, dropout_prob_down=p,
-                dropout_prob_up=(p, p))
+    """V-Net (Milletari et al. 2016) with ``model.channels`` per level, ``model.strides`` between levels
+    and ``model.kernel_sizes`` (default 5, the paper's): the default model section is the paper's network."""
+    strides = axis_strides(model, 3)
+    require_divisible_per_axis(patch_size, strides, "vnet", size_key)
+    return VNet(in_channels, out_channels, model.channels, axis_kernels(model, PAPER_KERNEL), strides,
+                norm=model.norm, dropout=model.dropout)
 
 
 # (feature_size, hidden_size, mlp_dim, num_heads); "base" is the UNETR paper's configuration.

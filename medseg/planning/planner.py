@@ -143,6 +143,14 @@ def _plan_lowres(plan: Plan, fp: Fingerprint, spacing: list[float], compute: flo
     grid = [int(max(16, round(m * scale / 16) * 16)) for m in median]
     plan.set("lowres", "grid_size", Planned(grid, f"the median image scaled to about {budget / 1e3:.0f}k voxels"))
     plan.set("model", "network", Planned("vnet", "V-Net on the whole volume (Milletari et al.)"))
+    plan.set("model", "strides", Planned([2, 2, 2, 2], "the paper's four 2x2x2 strided convolutions"))
+    if compute >= 200:
+        plan.set("model", "channels", Planned(_channels(16, 5), "the paper's widths: the budget allows them"))
+        plan.set("model", "kernel_sizes", Planned([5] * 5, "the paper's 5x5x5 convolutions"))
+    else:
+        plan.set("model", "channels", Planned(_channels(8, 5), f"half the paper's widths: {compute:.0f} CPU-minutes "
+                                                                "of compute buy more steps than width"))
+        plan.set("model", "kernel_sizes", Planned([3] * 5, "3x3x3 convolutions: 5x5x5 costs 4.6x more a voxel"))
     plan.set("train", "batch_size", Planned(2, "two whole volumes"))
 
 

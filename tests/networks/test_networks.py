@@ -20,12 +20,25 @@ def test_registries_list_every_network():
 
 
 @pytest.mark.parametrize(("network", "size", "factor"), [
-    ("swin_unetr", [64, 64, 48], 32), ("unetr", [32, 32, 24], 16), ("vnet", [32, 32, 24], 16),
+    ("swin_unetr", [64, 64, 48], 32), ("unetr", [32, 32, 24], 16), ("vnet", [32, 32, 24], r"\[16, 16, 16\]"),
     ("unet", [32, 32, 30], r"\[16, 16, 16\]"),
 ])
 def test_sizes_the_network_cannot_take_are_refused(network, size, factor):
     with pytest.raises(MedsegError, match=rf"patch.patch_size.*divisible by {factor}"):
         build_network_3d(_model(f"model.network={network}", "model.size=tiny"), 1, 2, size)
+
+
+def test_vnet_keeps_the_papers_structure_at_any_width_kernel_and_stride():
+    paper = build_network_3d(_model("model.network=vnet"), 1, 3, [32, 32, 32])
+    kernels = {m.kernel_size for m in paper.modules() if isinstance(m, torch.nn.Conv3d) and m.stride == (1, 1, 1)}
+    assert kernels == {(5, 5, 5), (1, 1, 1)}  # 5^3 convolutions; 1^3 for the input's skip and the head
+    assert [len(stage.convs) for stage in paper.encoder] == [2, 3, 3, 3]  # after the stem's one
+    assert [len(stage.convs) for stage in paper.decoder] == [3, 3, 2, 1]
+    narrow = build_network_3d(_model("model.network=vnet", "model.channels=[8,16,32,64]",
+                                     "model.strides=[2,2,[2,2,1]]", "model.kernel_sizes=[3,3,3,3]"), 1, 3, [32, 32, 16])
+    assert narrow(torch.zeros((1, 1, 32, 32, 16))).shape == (1, 3, 32, 32, 16)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(narrow) < count(paper) / 50
 
 
 def test_transformer_presets_and_options():

@@ -95,6 +95,11 @@ def test_the_budget_changes_the_plan():
     assert np.prod(small["patch"]["patch_size"]) < np.prod(large["patch"]["patch_size"])
     assert small["model"]["channels"][0] < large["model"]["channels"][0] == 32
     assert (small["model"]["network"], large["model"]["network"]) == ("unet", "dynunet")
+    cpu = make_plan(fp, names, "mri", "lowres", "cpu", 30).as_dict()
+    gpu = make_plan(fp, names, "mri", "lowres", "cuda", 60).as_dict()
+    assert np.prod(gpu["lowres"]["grid_size"]) > np.prod(cpu["lowres"]["grid_size"])
+    assert (gpu["model"]["channels"], gpu["model"]["kernel_sizes"]) == ([16, 32, 64, 128, 256], [5] * 5)  # the paper's
+    assert (cpu["model"]["channels"], cpu["model"]["kernel_sizes"]) == ([8, 16, 32, 64, 128], [3] * 5)
 
 
 @pytest.mark.parametrize("network", ["unet", "dynunet"])
