@@ -243,6 +243,8 @@ class Compare2DConfig:
     regions under ``stuff_area_limit`` pixels; instance masks are binarised at ``mask_threshold``.
     ``anchor_sizes`` (pixels, one per FPN level) suit objects at the slice's own resolution;
     ``detections_per_image`` caps Mask R-CNN's output (and so the detections mask AP sees).
+    ``backbone`` is the ResNet under the FPN of Mask R-CNN and the panoptic model; ``backbone_norm``
+    ``group`` (GroupNorm) trains from scratch with small batches where BatchNorm's statistics are noisy.
     ``slice_size`` is the in-plane size every slice is padded or cropped to;
     ``val_slices_per_case`` evenly spaced axial slices of each validation case are scored.
     """
@@ -260,6 +262,8 @@ class Compare2DConfig:
     anchor_sizes: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128])
     detections_per_image: int = 20
     maskrcnn_v2: bool = False
+    backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet50"
+    backbone_norm: Literal["batch", "group"] = "batch"
 
 
 Command = Literal["train", "pretrain", "compare"]

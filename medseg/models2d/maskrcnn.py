@@ -1,12 +1,18 @@
-"""Mask R-CNN (He et al. 2017) behind the 2D contract: torchvision's ``maskrcnn_resnet50_fpn`` (or
-``_v2``), no pretrained weights, one box class per thing class, working at the slice's own size."""
+"""Mask R-CNN (He et al. 2017) behind the 2D contract: torchvision's Mask R-CNN on a ResNet-18/34/50 FPN
+with BatchNorm or GroupNorm, no pretrained weights, one box class per thing class, at the slice's own size."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
-from torchvision.models.detection import MaskRCNN, maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2
+from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
+from torchvision.models.detection.rpn import RPNHead
 
 from medseg.config import Compare2DConfig, Config
 from medseg.errors import MedsegError
@@ -16,6 +22,7 @@ from medseg.models2d.model import MODELS_2D, Model2D
 
 FPN_LEVELS = len(Compare2DConfig().anchor_sizes)  # P2-P5 and the pooled P6: one anchor size each
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
+GROUPS = 32  # GroupNorm groups (Wu and He 2018), fewer for narrow layers
 # torchvision's defaults suit 800-pixel photos with dozens of objects; a slice holds a handful of organs.
 # Fewer proposals and sampled RoIs made a training step on 8 slices of 96x96 pixels 2.8x faster on one
 # CPU thread; with them and 20 instead of 100 detections per image, inference ran 5.6x faster.
@@ -28,25 +35,41 @@ SMALL_IMAGE_SETTINGS = {
 }
 
 
+def _norm_layer(kind: str) -> Callable[[int], nn.Module]:
+    """``compare.backbone_norm``: BatchNorm, or GroupNorm, which trains from scratch with small batches."""
+    if kind == "group":
+        return lambda channels: nn.GroupNorm(min(GROUPS, channels // 4), channels)
+    return nn.BatchNorm2d
+
+
 def build_detector(settings: Compare2DConfig, num_things: int) -> MaskRCNN:
-    """torchvision's Mask R-CNN for 1-channel slices of ``compare.slice_size``.
+    """torchvision's Mask R-CNN on a ResNet-FPN (``compare.backbone``) for 1-channel slices of
+    ``compare.slice_size``, with no pretrained weights.
 
     The default transform would rescale a 128-pixel slice to 800 pixels; min/max size equal to the
     slice keeps it as it is, and ``compare.anchor_sizes`` replace the anchors made for 800-pixel photos.
-    At most ``compare.detections_per_image`` detections are kept per image.
-    The first convolution takes one channel and the images pass unnormalised, as they reach the
-    semantic networks.
+    At most ``compare.detections_per_image`` detections are kept per image. ``compare.maskrcnn_v2`` takes
+    the heads of torchvision's ``maskrcnn_resnet50_fpn_v2`` (two RPN convolutions, normalised box and
+    mask heads). The first convolution takes one channel and the images pass unnormalised, as they reach
+    the semantic networks. ResNet-50 with BatchNorm and the v1 heads is ``maskrcnn_resnet50_fpn``.
     """
-    builder = maskrcnn_resnet50_fpn_v2 if settings.maskrcnn_v2 else maskrcnn_resnet50_fpn
-    model = builder(weights=None, weights_backbone=None, num_classes=1 + num_things,
-                    min_size=min(settings.slice_size), max_size=max(settings.slice_size),
-                    image_mean=[0.0], image_std=[1.0], box_detections_per_img=settings.detections_per_image,
-                    **SMALL_IMAGE_SETTINGS)
-    model.backbone.body.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    # Same number of anchors per location as the default, so the RPN head built with it still fits.
-    model.rpn.anchor_generator = AnchorGenerator(tuple((s,) for s in settings.anchor_sizes),
-                                                 (ASPECT_RATIOS,) * FPN_LEVELS)
-    return model
+    norm = _norm_layer(settings.backbone_norm)
+    backbone = resnet_fpn_backbone(backbone_name=settings.backbone, weights=None, norm_layer=norm, trainable_layers=5)
+    backbone.body.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    # One anchor size per FPN level, as many anchors per location as torchvision's default.
+    anchors = AnchorGenerator(tuple((s,) for s in settings.anchor_sizes), (ASPECT_RATIOS,) * FPN_LEVELS)
+    heads = {}
+    if settings.maskrcnn_v2:
+        channels = backbone.out_channels
+        heads = {
+            "rpn_head": RPNHead(channels, anchors.num_anchors_per_location()[0], conv_depth=2),
+            "box_head": FastRCNNConvFCHead((channels, 7, 7), [256] * 4, [1024], norm_layer=norm),
+            "mask_head": MaskRCNNHeads(channels, [256] * 4, 1, norm_layer=norm),
+        }
+    return MaskRCNN(backbone, num_classes=1 + num_things, min_size=min(settings.slice_size),
+                    max_size=max(settings.slice_size), image_mean=[0.0], image_std=[1.0],
+                    rpn_anchor_generator=anchors, box_detections_per_img=settings.detections_per_image,
+                    **SMALL_IMAGE_SETTINGS, **heads)
 
 
 def detector_targets(batch: Batch2D, classes: ClassSpec) -> list[dict[str, torch.Tensor]]:

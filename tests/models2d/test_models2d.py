@@ -138,6 +138,36 @@ def test_maskrcnn_v2_follows_the_contract(classes):
     assert prediction.semantic.shape == (classes.num_classes, SIZE, SIZE) and prediction.instances is not None
 
 
+@pytest.mark.parametrize("v2", [False, True])
+def test_the_resnet50_detector_is_torchvisions_own(classes, v2):
+    from torchvision.models.detection import maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2
+
+    from medseg.models2d.maskrcnn import build_detector
+
+    config = load_config(None, [f"compare.maskrcnn_v2={str(v2).lower()}"], command="compare")
+    ours = build_detector(config.compare, len(classes.things)).state_dict()
+    builder = maskrcnn_resnet50_fpn_v2 if v2 else maskrcnn_resnet50_fpn
+    theirs = builder(weights=None, weights_backbone=None, num_classes=1 + len(classes.things)).state_dict()
+    assert list(ours) == list(theirs)  # checkpoints of either load into the other
+    assert [k for k in ours if ours[k].shape != theirs[k].shape] == ["backbone.body.conv1.weight"]  # 1 channel
+
+
+def test_a_light_backbone_with_group_norm_trains_and_predicts(classes):
+    config = load_config(None, ["compare.backbone=resnet18", "compare.backbone_norm=group",
+                                f"compare.slice_size=[{SIZE},{SIZE}]"], command="compare")
+    heavy = load_config(None, [f"compare.slice_size=[{SIZE},{SIZE}]"], command="compare")
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    for name in ("maskrcnn", "panoptic"):
+        torch.manual_seed(0)
+        model = build_model_2d(name, config, classes)
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+        assert count(model) < count(build_model_2d(name, heavy, classes)) - 12e6  # ResNet-18 for ResNet-50
+        losses = model.train().training_step({"image": image_of(scene()), "label": scene()[None, None]})
+        assert all(torch.isfinite(v) for v in losses.values())
+        (prediction,) = model.eval().predict(image_of(scene()))
+        assert prediction.semantic.shape == (classes.num_classes, SIZE, SIZE)
+
+
 # --- targets from label maps ---------------------------------------------------------------------
 
 
