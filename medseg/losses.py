@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceCELoss, DiceFocalLoss, DiceLoss
+from monai.losses import DiceFocalLoss
 from torch import nn
 
 from medseg.config import MARGINAL_LOSSES
@@ -16,60 +16,72 @@ from medseg.registry import Registry
 LOSSES: Registry[Callable[[], nn.Module]] = Registry("loss")
 
 
-class CrossEntropy(nn.Module):
-    """Cross-entropy with the channel-first integer label maps the other losses take."""
+class SoftmaxDiceCE(nn.Module):
+    """Soft Dice and/or cross-entropy of softmax outputs against integer labels, with no one-hot tensor,
+    and their marginal form for partially labelled cases (Shi et al., MedIA 2021).
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.ce = nn.CrossEntropyLoss()
+    Equal to MONAI's ``DiceCELoss(to_onehot_y=True, softmax=True, batch=True)`` (or its Dice or CE half),
+    which the tests check, but faster: one log-softmax, per-class sums, and the probability at each
+    voxel's own class gathered instead of multiplied with a one-hot copy of the labels. MONAI's took a
+    third of a CPU training step on OpenKBP patches.
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.ce(logits, target[:, 0].long())
-
-
-class MarginalLoss(nn.Module):
-    """Dice and/or cross-entropy for partially labelled data: the marginal loss of Shi et al. (MedIA 2021).
-
-    Where a sample's label map does not annotate class k (``annotated[b, k]`` False), its "background"
-    voxels may be k, so the loss scores background against the probability of background *or* k: k's
-    softmax mass joins background for that sample and k takes no part in its Dice. With every class
-    annotated this is MONAI's ``DiceCELoss(to_onehot_y=True, softmax=True, batch=True)`` (or its Dice or
-    CE half), which the tests check.
+    ``annotated`` [B, K] (bool) says which classes each sample's case annotates. Where class k is not
+    annotated, that case's "background" voxels may be k, so background is scored against the probability
+    of background *or* k: k's softmax mass joins background for that sample, and k takes no part in
+    its Dice.
     """
 
-    def __init__(self, name: str) -> None:
-        super().__init__()
-        if name not in MARGINAL_LOSSES:
-            raise MedsegError(f"config key 'train.loss': data.partial_classes needs one of "
-                              f"{', '.join(MARGINAL_LOSSES)}, got '{name}'")
-        self.use_dice, self.use_ce = name in ("dice_ce", "dice"), name in ("dice_ce", "ce")
-        self.dice = DiceLoss(to_onehot_y=True, softmax=False, batch=True)
+    SMOOTH = 1e-5  # MONAI's smooth_nr and smooth_dr
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
-        """``logits`` [B, K, ...], ``target`` [B, 1, ...] integer labels, ``annotated`` [B, K] bool."""
-        log_p = F.log_softmax(logits.float(), dim=1)
-        shape = (*annotated.shape, *[1] * (logits.dim() - 2))
-        unknown = ~annotated.bool().view(shape)
-        joins_background = unknown.clone()
-        joins_background[:, 0] = True
-        log_background = torch.logsumexp(log_p.masked_fill(~joins_background, -torch.inf), dim=1, keepdim=True)
-        log_merged = torch.cat([log_background, log_p[:, 1:].masked_fill(unknown[:, 1:], -torch.inf)], dim=1)
+    def __init__(self, dice: bool = True, ce: bool = True) -> None:
+        super().__init__()
+        self.use_dice, self.use_ce = dice, ce
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor,
+                annotated: torch.Tensor | None = None) -> torch.Tensor:
+        """``logits`` [B, K, ...], ``target`` [B, 1, ...] integer labels, ``annotated`` [B, K] bool or None."""
+        batch, classes = logits.shape[:2]
+        log_p = F.log_softmax(logits.float(), dim=1).reshape(batch, classes, -1)
+        labels = target.reshape(batch, -1).long()
+        log_at_label = log_p.gather(1, labels[:, None])[:, 0]  # [B, N]
+        p = log_p.exp()
+        unknown = None if annotated is None or bool(annotated.all()) else ~annotated.bool()
+        if unknown is not None:
+            joins_background = unknown.clone()
+            joins_background[:, 0] = True
+            background = torch.einsum("bkn,bk->bn", p, joins_background.to(p.dtype))
+            # log(p_0 + the unannotated p_k); where that sum underflows, log p_0 (a tight lower bound).
+            tiny = torch.finfo(background.dtype).tiny
+            log_background = torch.maximum(torch.log(background.clamp_min(tiny)), log_p[:, 0])
+            log_at_label = torch.where(labels == 0, log_background, log_at_label)
         loss = logits.new_zeros((), dtype=torch.float32)
-        if self.use_dice:
-            loss = loss + self.dice(log_merged.exp(), target)
         if self.use_ce:
-            loss = loss + F.nll_loss(log_merged.clamp_min(-1e4), target[:, 0].long())
+            loss = loss + (-log_at_label).mean()
+        if self.use_dice:
+            predicted = p.sum(2)  # [B, K]
+            if unknown is not None:
+                moved = (predicted * unknown).sum(1)
+                predicted = predicted.masked_fill(unknown, 0.0)
+                predicted = torch.cat([predicted[:, :1] + moved[:, None], predicted[:, 1:]], dim=1)
+            overlap = log_p.new_zeros(batch, classes).scatter_add_(1, labels, log_at_label.exp())
+            counts = log_p.new_zeros(batch, classes).scatter_add_(1, labels, torch.ones_like(log_at_label))
+            overlap, predicted, counts = overlap.sum(0), predicted.sum(0), counts.sum(0)  # batch Dice
+            dice = (2 * overlap + self.SMOOTH) / (predicted + counts + self.SMOOTH)
+            loss = loss + (1 - dice).mean()
         return loss
 
 
-# batch=True: Dice over the whole batch, so patches missing a class do not produce 0/0 terms.
-LOSSES.register("dice_ce")(lambda: DiceCELoss(to_onehot_y=True, softmax=True, batch=True))
-LOSSES.register("dice")(lambda: DiceLoss(to_onehot_y=True, softmax=True, batch=True))
+# Dice over the whole batch (MONAI's batch=True), so patches missing a class do not produce 0/0 terms.
+LOSSES.register("dice_ce")(lambda: SoftmaxDiceCE(dice=True, ce=True))
+LOSSES.register("dice")(lambda: SoftmaxDiceCE(dice=True, ce=False))
 LOSSES.register("dice_focal")(lambda: DiceFocalLoss(to_onehot_y=True, softmax=True, batch=True))
-LOSSES.register("ce")(CrossEntropy)
+LOSSES.register("ce")(lambda: SoftmaxDiceCE(dice=False, ce=True))
 
 
 def build_loss(name: str, partial_labels: bool = False) -> nn.Module:
-    """The loss ``train.loss`` names; its marginal form when some cases leave classes unannotated."""
+    """The loss ``train.loss`` names; with partially labelled cases it must have a marginal form."""
     loss = LOSSES.get(name, key="train.loss")()  # an unknown name fails here, listing the known ones
-    return MarginalLoss(name) if partial_labels else loss
+    if partial_labels and name not in MARGINAL_LOSSES:
+        raise MedsegError(f"config key 'train.loss': data.partial_classes needs one of "
+                          f"{', '.join(MARGINAL_LOSSES)}, got '{name}'")
+    return loss
