@@ -7,12 +7,14 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torchvision.models import resnet
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
 from torchvision.models.detection.rpn import RPNHead
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from medseg.config import Compare2DConfig, Config
 from medseg.errors import MedsegError
@@ -22,6 +24,7 @@ from medseg.models2d.model import MODELS_2D, Model2D
 
 FPN_LEVELS = len(Compare2DConfig().anchor_sizes)  # P2-P5 and the pooled P6: one anchor size each
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
+FPN_CHANNELS = 256
 GROUPS = 32  # GroupNorm groups (Wu and He 2018), fewer for narrow layers
 # torchvision's defaults suit 800-pixel photos with dozens of objects; a slice holds a handful of organs.
 # Fewer proposals and sampled RoIs made a training step on 8 slices of 96x96 pixels 2.8x faster on one
@@ -54,8 +57,14 @@ def build_detector(settings: Compare2DConfig, num_things: int) -> MaskRCNN:
     the semantic networks. ResNet-50 with BatchNorm and the v1 heads is ``maskrcnn_resnet50_fpn``.
     """
     norm = _norm_layer(settings.backbone_norm)
-    backbone = resnet_fpn_backbone(backbone_name=settings.backbone, weights=None, norm_layer=norm, trainable_layers=5)
-    backbone.body.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    body = getattr(resnet, settings.backbone)(weights=None, norm_layer=norm)
+    body.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    # What torchvision's builders make of it: C2-C5 into a 256-channel FPN plus a max-pooled P6; v2
+    # normalises the FPN's convolutions too.
+    stage2 = body.inplanes // 8
+    backbone = BackboneWithFPN(body, {f"layer{k}": str(k - 1) for k in range(1, 5)},
+                               [stage2 * 2 ** (k - 1) for k in range(1, 5)], FPN_CHANNELS,
+                               extra_blocks=LastLevelMaxPool(), norm_layer=norm if settings.maskrcnn_v2 else None)
     # One anchor size per FPN level, as many anchors per location as torchvision's default.
     anchors = AnchorGenerator(tuple((s,) for s in settings.anchor_sizes), (ASPECT_RATIOS,) * FPN_LEVELS)
     heads = {}

@@ -10,11 +10,16 @@ from torch import nn
 from medseg.config import Compare2DConfig, Config
 from medseg.losses import build_loss
 from medseg.models2d.base import Batch2D, ClassSpec, Prediction2D
-from medseg.models2d.maskrcnn import build_detector, detections_to_instances, detector_targets, require_things
+from medseg.models2d.maskrcnn import (
+    FPN_CHANNELS,
+    build_detector,
+    detections_to_instances,
+    detector_targets,
+    require_things,
+)
 from medseg.models2d.merge import merge_panoptic
 from medseg.models2d.model import MODELS_2D, Model2D
 
-FPN_CHANNELS = 256
 HEAD_CHANNELS = 128
 SEMANTIC_LOSS_WEIGHT = 0.5  # detectron2's Panoptic FPN setting (SEM_SEG_HEAD.LOSS_WEIGHT)
 SEMANTIC_LEVELS = ("0", "1", "2", "3")  # torchvision's names of P2-P5 (strides 4 to 32)

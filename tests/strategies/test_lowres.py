@@ -25,9 +25,9 @@ def lowres_run(phantom_dir, tmp_path_factory):
 
 
 def test_vnet_refuses_grids_it_cannot_take():
-    config = load_config(None, [*TINY, "model.strategy=lowres", "model.network=vnet", "lowres.grid_size=[128,128,60]"])
+    config = load_config(None, [*TINY, "model.strategy=lowres", "model.network=vnet", "lowres.grid_size=[128,128,62]"])
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, class_names=["bg", "a"]))
-    with pytest.raises(MedsegError, match=r"lowres.grid_size.*divisible by \[16, 16, 16\]"):
+    with pytest.raises(MedsegError, match=r"lowres.grid_size.*divisible by \[4, 4, 4\]"):
         build_segmenter(config)
     unet = dataclasses.replace(config, model=dataclasses.replace(config.model, network="unet"),
                                lowres=dataclasses.replace(config.lowres, grid_size=[128, 128, 62]))
