@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 from monai.networks.blocks import Convolution
-from monai.networks.layers.factories import Act
+from monai.networks.layers.utils import get_act_layer
 from torch import nn
 
 PAPER_KERNEL = 5
@@ -36,7 +36,7 @@ class ResidualStage(nn.Module):
     def __init__(self, channels: int, count: int, kernel: Sequence[int] | int, norm: str, dropout: float) -> None:
         super().__init__()
         self.convs = nn.Sequential(*[_conv(channels, channels, kernel, norm, dropout=dropout) for _ in range(count)])
-        self.act = Act[ACTIVATION[0]](**ACTIVATION[1])
+        self.act = get_act_layer(ACTIVATION)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.convs(x) + x)
@@ -56,7 +56,7 @@ class VNet(nn.Module):
         counts = [PAPER_CONVOLUTIONS[min(i, len(PAPER_CONVOLUTIONS) - 1)] for i in range(levels)]
         self.stem = _conv(in_channels, channels[0], kernels[0], norm)
         self.stem_skip = nn.Conv3d(in_channels, channels[0], kernel_size=1)  # the paper repeats the input
-        self.stem_act = Act[ACTIVATION[0]](**ACTIVATION[1])
+        self.stem_act = get_act_layer(ACTIVATION)
         self.down = nn.ModuleList()
         self.encoder = nn.ModuleList()
         for i in range(1, levels):
