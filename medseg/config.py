@@ -171,7 +171,10 @@ class TrainConfig:
 
     ``val_every``: validate every N epochs; 0 validates whenever the training since the last validation
     took at least ``VALIDATION_TIME_RATIO`` (engine/trainer.py) times as long as that validation, so at
-    most about a tenth of a time budget goes to validation whatever the validation set's size."""
+    most about a tenth of a time budget goes to validation whatever the validation set's size.
+
+    ``snapshot_steps``: optimiser steps at which the weights are also kept (``snapshots/step_<N>.pt``),
+    so that runs of different speeds can be compared at an equal number of steps."""
 
     max_epochs: int = 100
     max_minutes: float | None = None
@@ -196,6 +199,7 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
     final_validation: bool = True
+    snapshot_steps: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -241,8 +245,12 @@ class Compare2DConfig:
     The panoptic merge (Panoptic FPN) pastes instances with score >= ``score_threshold`` by score,
     drops one when more than ``overlap_threshold`` of its mask is already taken, and drops stuff
     regions under ``stuff_area_limit`` pixels; instance masks are binarised at ``mask_threshold``.
-    ``anchor_sizes`` (pixels, one per FPN level) suit objects at the slice's own resolution;
-    ``detections_per_image`` caps Mask R-CNN's output (and so the detections mask AP sees).
+    ``anchor_sizes`` (pixels, one per FPN level), ``aspect_ratios`` (anchor height / width), and
+    ``rpn_samples_per_image`` / ``roi_samples_per_image`` (anchors and proposals sampled per image for the
+    losses) are planned from the instances of the training slices where left null
+    (``planning/detection.py``); ``detections_per_image`` caps Mask R-CNN's output (and so the
+    detections mask AP sees). ``detector_lr`` replaces ``train.lr`` for Mask R-CNN and the panoptic
+    model, which train from scratch less stably than the semantic networks; null keeps ``train.lr``.
     ``backbone`` is the ResNet under the FPN of Mask R-CNN and the panoptic model; ``backbone_norm``
     ``group`` (GroupNorm) trains from scratch with small batches where BatchNorm's statistics are noisy.
     ``slice_size`` is the in-plane size every slice is padded or cropped to;
@@ -259,8 +267,12 @@ class Compare2DConfig:
     overlap_threshold: float = 0.5
     stuff_area_limit: int = 8
     mask_threshold: float = 0.5
-    anchor_sizes: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128])
+    anchor_sizes: list[int] | None = None
+    aspect_ratios: list[float] | None = None
+    rpn_samples_per_image: int | None = None
+    roi_samples_per_image: int | None = None
     detections_per_image: int = 20
+    detector_lr: float | None = None
     maskrcnn_v2: bool = False
     backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet50"
     backbone_norm: Literal["batch", "group"] = "batch"
@@ -554,6 +566,8 @@ def _check_train(t: TrainConfig) -> None:
     _require(t.val_every >= 0, "train.val_every", "0 (auto) or a number of epochs", t.val_every)
     _require(t.freeze_encoder_epochs >= 0, "train.freeze_encoder_epochs", "0 or more", t.freeze_encoder_epochs)
     _require(t.encoder_lr_scale > 0, "train.encoder_lr_scale", "a positive factor", t.encoder_lr_scale)
+    _require(all(isinstance(n, int) and n >= 1 for n in t.snapshot_steps), "train.snapshot_steps",
+             "a list of step counts, each at least 1", t.snapshot_steps)
 
 
 def _check_infer(i: InferConfig) -> None:
@@ -588,6 +602,7 @@ def _check_pretrain(p: PretrainConfig) -> None:
 
 
 FPN_SIZE_MULTIPLE = 32  # the coarsest FPN level of the 2D detectors
+FPN_LEVELS = 5  # P2-P5 and the max-pooled P6: one anchor size each
 
 
 def _check_compare(c: Compare2DConfig, model: ModelConfig) -> None:
@@ -598,9 +613,16 @@ def _check_compare(c: Compare2DConfig, model: ModelConfig) -> None:
     multiple = math.lcm(FPN_SIZE_MULTIPLE, product)  # U-Nets need their stride product too
     _require(not any(s % multiple for s in c.slice_size), "compare.slice_size",
              f"two sides divisible by {multiple}", c.slice_size)
-    levels = len(Compare2DConfig().anchor_sizes)
-    _require(len(c.anchor_sizes) == levels and min(c.anchor_sizes) >= 1, "compare.anchor_sizes",
-             f"{levels} positive sizes (one per FPN level)", c.anchor_sizes)
+    _require(c.anchor_sizes is None or (len(c.anchor_sizes) == FPN_LEVELS and min(c.anchor_sizes) >= 1),
+             "compare.anchor_sizes", f"null (planned) or {FPN_LEVELS} positive sizes (one per FPN level)",
+             c.anchor_sizes)
+    _require(c.aspect_ratios is None or (len(c.aspect_ratios) >= 1 and min(c.aspect_ratios) > 0),
+             "compare.aspect_ratios", "null (planned) or positive height/width ratios", c.aspect_ratios)
+    for key in ("rpn_samples_per_image", "roi_samples_per_image"):
+        _require(getattr(c, key) is None or getattr(c, key) >= 1, f"compare.{key}", "null (planned) or at least 1",
+                 getattr(c, key))
+    _require(c.detector_lr is None or c.detector_lr > 0, "compare.detector_lr", "null or a positive learning rate",
+             c.detector_lr)
     _require(c.val_slices_per_case >= 1, "compare.val_slices_per_case", "at least 1", c.val_slices_per_case)
     _require(c.detections_per_image >= 1, "compare.detections_per_image", "at least 1", c.detections_per_image)
     for key in ("score_threshold", "overlap_threshold", "mask_threshold"):

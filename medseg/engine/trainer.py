@@ -52,6 +52,14 @@ def build_optimizer(
     return torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
 
 
+def batch_items(batch: dict) -> int:
+    """How many samples (crops, slices, volumes) a collated batch holds: the length of its images."""
+    image = batch.get("image")
+    if torch.is_tensor(image):
+        return int(image.shape[0])
+    return len(image) if isinstance(image, (list, tuple)) else 0
+
+
 def learning_rate(config: Config, epoch: int, elapsed_s: float) -> float:
     """Schedule on training progress: the larger of the epoch fraction and the time-budget fraction,
     so a run cut by ``train.max_minutes`` still anneals to a small learning rate."""
@@ -114,7 +122,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.epoch = 0
         self.global_step = 0
+        self.samples_seen = 0  # training samples (crops, slices) over every process
         self.elapsed_s = 0.0
+        self.epoch_start = 0.0  # perf_counter() at the start of the current epoch
         self.best_metric = -1.0
         self.best_epoch = -1
         self.preview: dict[str, torch.Tensor] | None = None
@@ -162,6 +172,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
             "global_step": self.global_step,
+            "samples_seen": self.samples_seen,
             "elapsed_s": self.elapsed_s,
             "best_metric": self.best_metric,
             "best_epoch": self.best_epoch,
@@ -176,9 +187,19 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
+        self.samples_seen = int(state.get("samples_seen", 0))  # absent from checkpoints before it was counted
         self.elapsed_s = float(state["elapsed_s"])
         self.best_metric, self.best_epoch = float(state["best_metric"]), int(state["best_epoch"])
         torch.set_rng_state(state["rng_torch"])
+
+    def _save_snapshot(self) -> None:
+        """The weights and counters at this step (``snapshots/step_<N>.pt``), for comparisons at an equal
+        number of steps; no optimizer state (a snapshot is scored, not resumed)."""
+        elapsed = self.elapsed_s + time.perf_counter() - self.epoch_start
+        save_checkpoint(self.run_dir / "snapshots" / f"step_{self.global_step:07d}.pt", {
+            "config": config_to_dict(self.config), "model": self._model_state(), "epoch": self.epoch,
+            "global_step": self.global_step, "samples_seen": self.samples_seen, "elapsed_s": elapsed,
+        })
 
     # -- loop --------------------------------------------------------------------------------------
     def _to_device(self, batch: dict) -> dict:
@@ -227,6 +248,7 @@ class Trainer:
                 raise MedsegError(f"training loss became {loss.item()} at epoch {self.epoch}, step {i}; "
                                   "lower train.lr or set train.grad_clip")
             self.scaler.scale(loss / accumulate).backward()
+            self.samples_seen += batch_items(batch) * (dist.get_world_size() if dist.is_initialized() else 1)
             if (i + 1) % accumulate == 0 or i + 1 == len(self.train_loader):
                 if self.config.train.grad_clip:
                     self.scaler.unscale_(self.optimizer)
@@ -235,6 +257,8 @@ class Trainer:
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.global_step += 1
+                if self.global_step in self.config.train.snapshot_steps and is_main_process():
+                    self._save_snapshot()
             for key, value in losses.items():
                 totals[key] = totals.get(key, 0.0) + float(value.detach())
             steps += 1
@@ -295,7 +319,7 @@ class Trainer:
         train = self.config.train
         first_epoch = self.epoch
         while self.epoch < train.max_epochs and not self._budget_spent():
-            start = time.perf_counter()
+            start = self.epoch_start = time.perf_counter()
             self._set_epoch_randomness()
             self._set_encoder_frozen()
             lr = learning_rate(self.config, self.epoch, self.elapsed_s)
@@ -311,7 +335,7 @@ class Trainer:
                 logs.update(self._validate())
                 self.validation_s, self.trained_since_validation_s = time.perf_counter() - validation_start, 0.0
             self.elapsed_s += time.perf_counter() - start
-            logs["elapsed_min"] = self.elapsed_s / 60.0
+            logs.update(elapsed_min=self.elapsed_s / 60.0, step=self.global_step, samples_seen=self.samples_seen)
             self.epoch += 1
             if validate and self._improves(logs[self.task.monitor]):
                 self.best_metric, self.best_epoch = logs[self.task.monitor], self.epoch - 1

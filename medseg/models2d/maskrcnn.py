@@ -16,26 +16,25 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from medseg.config import Compare2DConfig, Config
+from medseg.config import FPN_LEVELS, Compare2DConfig, Config
 from medseg.errors import MedsegError
 from medseg.models2d.base import Batch2D, ClassSpec, Instances, Prediction2D
 from medseg.models2d.merge import paste_instances
 from medseg.models2d.model import MODELS_2D, Model2D
 
-FPN_LEVELS = len(Compare2DConfig().anchor_sizes)  # P2-P5 and the pooled P6: one anchor size each
-ASPECT_RATIOS = (0.5, 1.0, 2.0)
 FPN_CHANNELS = 256
 GROUPS = 32  # GroupNorm groups (Wu and He 2018), fewer for narrow layers
 # torchvision's defaults suit 800-pixel photos with dozens of objects; a slice holds a handful of organs.
-# Fewer proposals and sampled RoIs made a training step on 8 slices of 96x96 pixels 2.8x faster on one
-# CPU thread; with them and 20 instead of 100 detections per image, inference ran 5.6x faster.
+# Fewer proposals (and fewer sampled RoIs, now planned) made a training step on 8 slices of 96x96 pixels
+# 2.8x faster on one CPU thread; with them and 20 instead of 100 detections per image, inference ran
+# 5.6x faster.
 SMALL_IMAGE_SETTINGS = {
     "rpn_pre_nms_top_n_train": 600,
     "rpn_post_nms_top_n_train": 300,
     "rpn_pre_nms_top_n_test": 300,
     "rpn_post_nms_top_n_test": 150,
-    "box_batch_size_per_image": 128,
 }
+PLANNED_KEYS = ("anchor_sizes", "aspect_ratios", "rpn_samples_per_image", "roi_samples_per_image")
 
 
 def _norm_layer(kind: str) -> Callable[[int], nn.Module]:
@@ -50,12 +49,18 @@ def build_detector(settings: Compare2DConfig, num_things: int) -> MaskRCNN:
     ``compare.slice_size``, with no pretrained weights.
 
     The default transform would rescale a 128-pixel slice to 800 pixels; min/max size equal to the
-    slice keeps it as it is, and ``compare.anchor_sizes`` replace the anchors made for 800-pixel photos.
+    slice keeps it as it is. The anchors (``compare.anchor_sizes``, ``compare.aspect_ratios``) and the
+    anchors and proposals sampled per image replace the values made for 800-pixel photos; the
+    workflow plans them from the training slices before any detector is built for training.
     At most ``compare.detections_per_image`` detections are kept per image. ``compare.maskrcnn_v2`` takes
     the heads of torchvision's ``maskrcnn_resnet50_fpn_v2`` (two RPN convolutions, normalised box and
     mask heads). The first convolution takes one channel and the images pass unnormalised, as they reach
     the semantic networks. ResNet-50 with BatchNorm and the v1 heads is ``maskrcnn_resnet50_fpn``.
     """
+    missing = [f"compare.{key}" for key in PLANNED_KEYS if getattr(settings, key) is None]
+    if missing:
+        raise ValueError(f"build_detector: {', '.join(missing)} not planned yet (planning/detection.py)")
+    assert settings.anchor_sizes is not None and settings.aspect_ratios is not None  # for mypy
     norm = _norm_layer(settings.backbone_norm)
     body = getattr(resnet, settings.backbone)(weights=None, norm_layer=norm)
     body.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
@@ -66,7 +71,7 @@ def build_detector(settings: Compare2DConfig, num_things: int) -> MaskRCNN:
                                [stage2 * 2 ** (k - 1) for k in range(1, 5)], FPN_CHANNELS,
                                extra_blocks=LastLevelMaxPool(), norm_layer=norm if settings.maskrcnn_v2 else None)
     # One anchor size per FPN level, as many anchors per location as torchvision's default.
-    anchors = AnchorGenerator(tuple((s,) for s in settings.anchor_sizes), (ASPECT_RATIOS,) * FPN_LEVELS)
+    anchors = AnchorGenerator(tuple((s,) for s in settings.anchor_sizes), (tuple(settings.aspect_ratios),) * FPN_LEVELS)
     heads = {}
     if settings.maskrcnn_v2:
         channels = backbone.out_channels
@@ -78,7 +83,8 @@ def build_detector(settings: Compare2DConfig, num_things: int) -> MaskRCNN:
     return MaskRCNN(backbone, num_classes=1 + num_things, min_size=min(settings.slice_size),
                     max_size=max(settings.slice_size), image_mean=[0.0], image_std=[1.0],
                     rpn_anchor_generator=anchors, box_detections_per_img=settings.detections_per_image,
-                    **SMALL_IMAGE_SETTINGS, **heads)
+                    rpn_batch_size_per_image=settings.rpn_samples_per_image,
+                    box_batch_size_per_image=settings.roi_samples_per_image, **SMALL_IMAGE_SETTINGS, **heads)
 
 
 def detector_targets(batch: Batch2D, classes: ClassSpec) -> list[dict[str, torch.Tensor]]:

@@ -14,7 +14,7 @@ from torchvision.utils import make_grid
 from medseg.engine.pictures import class_colour, overlay_uint8
 from medseg.io import atomic_output
 
-RUN_FIGURES = ("steps", "train_seconds", "infer_ms_per_slice", "parameters")
+RUN_FIGURES = ("steps", "samples_seen", "s_per_step", "train_seconds", "infer_ms_per_slice", "parameters")
 
 
 def _rows(results: dict[str, dict[str, float]]) -> list[str]:
@@ -40,10 +40,12 @@ def _cell(row: str, value: float | None) -> str:
         return "–"
     if row == "parameters":
         return f"{value / 1e6:.1f} M"
-    if row == "steps":
+    if row in ("steps", "samples_seen"):
         return str(int(value))
     if row in ("train_seconds", "infer_ms_per_slice"):
         return f"{value:.1f}"
+    if row == "s_per_step":
+        return f"{value:.3f}"
     return f"{value:.3f}"
 
 

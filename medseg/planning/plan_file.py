@@ -7,6 +7,7 @@ from typing import Any
 import yaml
 
 from medseg.planning.planner import Plan
+from medseg.planning.rules import Planned
 
 SECTION_ORDER = ("data", "data.augment", "model", "patch", "slice2d", "lowres", "train")
 
@@ -37,4 +38,17 @@ def render_plan(plan: Plan, header: list[str], fixed: dict[str, dict[str, tuple[
             lines.append("  augment:")
             for key, p in plan.values["data.augment"].items():
                 lines.append(f"    {key}: {_flow(p.value)}  # {p.reason}")
+    return "\n".join(lines) + "\n"
+
+
+def render_planned(header: list[str], planned: dict[str, Planned]) -> str:
+    """Planned values given by dotted key (``compare.anchor_sizes``) as YAML sections, each value with
+    its ``# reason``, under ``header`` comment lines."""
+    lines = [f"# {line}" for line in header]
+    sections: dict[str, list[str]] = {}
+    for key, p in planned.items():
+        section, name = key.rsplit(".", 1)
+        sections.setdefault(section, []).append(f"  {name}: {_flow(p.value)}  # {p.reason}")
+    for section, entries in sections.items():
+        lines += [f"{section}:", *entries]
     return "\n".join(lines) + "\n"

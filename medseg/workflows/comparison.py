@@ -3,7 +3,10 @@ ordinary run of the one Trainer, then one scoring pass on the same validation sl
 one figure.
 
 The output folder holds the comparison's ``config.yaml`` and ``split.json``, one run folder per model
-(``<model>/``: checkpoints, ``train_log.jsonl``, TensorBoard, exact resume) and the results. With
+(``<model>/``: checkpoints, ``train_log.jsonl``, TensorBoard, exact resume) and the results. Every model
+also keeps its weights at 100, 200, 400, ... steps (``snapshots/``), so that the models are scored both
+at the end of the shared budget and at the largest number of steps all of them reached, and the
+learning curves show validation Dice against steps and against minutes. With
 ``--resume`` an interrupted comparison continues: finished models are kept, the interrupted one resumes
 from its last checkpoint, the others start. Everything that can fail on user input (config keys and
 values, class groups, model names, sizes, dataset layout, headers) fails before anything is written;
@@ -22,19 +25,25 @@ from monai.data import Dataset as MonaiDataset
 
 from medseg.config import Config
 from medseg.data.datasets import loader_items
+from medseg.engine.budget import learning_curve, run_budget
 from medseg.engine.checkpoint import load_checkpoint
 from medseg.engine.loaders import make_loaders
+from medseg.engine.plots import write_curves_svg
 from medseg.engine.run_folder import create_run_folder, is_main_process, open_run_folder, rank_zero_log
 from medseg.engine.trainer import Trainer, distributed_device, seed_everything
 from medseg.io import atomic_output
 from medseg.models2d import ClassSpec, Model2D, build_model_2d, evenly_spaced
+from medseg.models2d.detector_plan import plan_detectors, provisional
 from medseg.models2d.report import legend, markdown_table, write_csv, write_examples
 from medseg.models2d.scoring import Evaluator2D
 from medseg.models2d.slices import slice_sampling, volume_transforms
 from medseg.models2d.targets import semantic_target
+from medseg.planning.plan_file import render_planned
+from medseg.planning.rules import Planned
 from medseg.workflows.preparation import prepare_labelled_run, resume_labelled_run
 
 Volume2D = tuple[torch.Tensor, torch.Tensor]  # image and dataset label values, [H, W, Z] each
+SNAPSHOT_STEPS = [100 * 2**k for k in range(16)]  # equal-step scoring points: 100, 200, 400, ...
 
 
 def _validation_volumes(dataset: MonaiDataset) -> list[Volume2D]:
@@ -88,29 +97,46 @@ def _score(model: Model2D, volumes: list[Volume2D], examples: list[tuple[int, in
     return evaluator.compute(), 1000.0 * seconds / max(count, 1), count, [kept[p] for p in examples]
 
 
-def _summary(config: Config, split: dict, slices: int, classes: ClassSpec, results: dict) -> str:
+def _summary(config: Config, split: dict, slices: int, classes: ClassSpec, results: dict,
+             at_equal_steps: dict, equal_step: int | None) -> str:
     c, t = config.compare, config.train
     steps = f"{t.max_epochs} epochs"
     if t.iterations_per_epoch:
         steps += f" of {t.iterations_per_epoch} steps"
     budget = f"{steps} or {t.max_minutes:g} min, whichever came first," if t.max_minutes else steps
+    equal = ([f"## At an equal number of steps ({equal_step} each)", "",
+              "The same scoring of each model's weights at the largest snapshot step every model reached "
+              "(its `snapshots/`); train_seconds is the time each took to get there.", "",
+              markdown_table(at_equal_steps), ""] if at_equal_steps else
+             ["No snapshot step was reached by every model (snapshots are kept at 100, 200, 400, ... steps).", ""])
     return "\n".join([
         f"# 2D model comparison: {config.name}",
         "",
         f"Data: `{config.data.root}`, {len(split['train'])} training and {len(split['validation'])} validation cases; "
         f"{slices} validation slices (axial, {c.slice_size[0]}x{c.slice_size[1]}). "
-        f"Every model trained for {budget} on the same seeded batches of {t.batch_size} slices; "
-        "each is scored at the end of its budget (its run folder's last.pt).",
+        f"Every model trained for {budget} on the same seeded batches of {t.batch_size} slices.",
         f"Classes: things {', '.join(classes.names[k] for k in classes.things) or 'none'}; "
         f"stuff {', '.join(classes.names[k] for k in classes.stuff) or 'none'}.",
         "",
+        "## At the end of the budget",
+        "",
+        "Each model's last.pt.",
+        "",
         markdown_table(results),
         "",
+        *equal,
         "dice, iou: per slice, averaged over the slices where the class is predicted or present; precision, "
         "recall, f1: pixels pooled over all slices; means over foreground classes. mask_AP: COCO-style "
         "AP@[.5:.95] of the instances; PQ/SQ/RQ: panoptic quality. Models that detect things only score 0 "
-        "on stuff classes. steps: optimiser steps; train_seconds: training and validation time; "
-        f"infer_ms_per_slice: batches of {t.batch_size}.",
+        "on stuff classes. steps: optimiser steps; samples_seen: training slices; s_per_step and "
+        f"train_seconds: training and validation time; infer_ms_per_slice: batches of {t.batch_size}.",
+        "",
+        "## Learning curves",
+        "",
+        "Validation mean Dice (the Trainer's, on the validation cases) against steps and against minutes: "
+        "a model that is slow per step but learns much per step shows as such.",
+        "",
+        "![Dice by steps](curves_steps.svg) ![Dice by minutes](curves_minutes.svg)",
         "",
         "![examples](examples.png)",
         "",
@@ -137,21 +163,37 @@ def run_compare(
     config, split, run_dir = run.config, run.split, run.run_dir
     c = config.compare
     classes = ClassSpec.from_config(config.data.class_names or [], c.groups, c.stuff_classes)
-    for name in c.models:
-        build_model_2d(name, config, classes)  # settings errors now, not after an hour of training
+    checked = dataclasses.replace(config, compare=provisional(c))
+    detectors = [name for name in c.models if build_model_2d(name, checked, classes).needs_instances]  # errors now
     log(f"{len(split['train'])} training and {len(split['validation'])} validation cases; caching preprocessed volumes")
     volumes = volume_transforms(config)
     train_loader, val_loader = make_loaders(
         config, loader_items(run.part("train")), loader_items(run.part("validation")),
         volumes + slice_sampling(config), volumes, sampling_copies=True,
     )
+    planned: dict[str, Planned] = {}
+    if detectors:
+        assert isinstance(train_loader.dataset, MonaiDataset)
+        settings, planned = plan_detectors(c, train_loader.dataset, classes)
+        config, c = dataclasses.replace(config, compare=settings), settings
     if is_main_process():
         create_run_folder(run_dir, config, split)
+        if planned:
+            header = [f"planned from the instances of {len(split['train'])} training cases' slices; "
+                      "config.yaml holds these values"]
+            with atomic_output(run_dir / "plan.yaml") as tmp:
+                tmp.write_text(render_planned(header, planned), encoding="utf-8")
+    for key, value in planned.items():
+        log(f"planned {key}: {value.value}  # {value.reason}")
     log(f"output folder: {run_dir}")
 
     for name in c.models:
         model_dir = run_dir / name
-        model_config = dataclasses.replace(config, compare=dataclasses.replace(c, models=[name]))
+        lr = c.detector_lr if name in detectors and c.detector_lr else config.train.lr
+        model_config = dataclasses.replace(
+            config, compare=dataclasses.replace(c, models=[name]),
+            train=dataclasses.replace(config.train, lr=lr,
+                                      snapshot_steps=config.train.snapshot_steps or SNAPSHOT_STEPS))
         seed_everything(config.train.seed)
         trainer = Trainer(build_model_2d(name, model_config, classes), model_config, model_dir, train_loader,
                           val_loader, device)
@@ -167,31 +209,65 @@ def run_compare(
     return run_dir
 
 
+def _equal_step(run_dir: Path, models: list[str]) -> int | None:
+    """The largest snapshot step every model reached (None if one reached none)."""
+    reached = [{int(p.stem.removeprefix("step_")) for p in (run_dir / name / "snapshots").glob("step_*.pt")}
+               for name in models]
+    common = set.intersection(*reached) if reached else set()
+    return max(common) if common else None
+
+
+def _restored(name: str, config: Config, classes: ClassSpec, path: Path, device: torch.device) -> tuple[Model2D, dict]:
+    state = load_checkpoint(path)
+    model = build_model_2d(name, config, classes)
+    model.load_state_dict(state["model"])
+    return model.to(device), state
+
+
+def _write_curves(run_dir: Path, models: list[str]) -> None:
+    """Validation Dice of every model against optimiser steps and against minutes."""
+    for x, label, name in (("step", "optimiser steps", "curves_steps.svg"),
+                           ("elapsed_min", "training minutes", "curves_minutes.svg")):
+        curves = {m: learning_curve(run_dir / m, "val_mean_dice", x) for m in models}
+        write_curves_svg(run_dir / name, curves, label, "validation mean Dice", f"Validation Dice by {label}")
+
+
 def _score_all(config: Config, split: dict, classes: ClassSpec, run_dir: Path, val_dataset: MonaiDataset,
                log: Callable[[str], None]) -> None:
-    """One scoring pass over every model's last checkpoint; writes results.csv, results.md, examples.png."""
+    """One scoring pass over every model's last checkpoint, and one at the largest step count all of them
+    reached; writes results.csv, results_equal_steps.csv, results.md, examples.png and the curves."""
     c = config.compare
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     volumes = _validation_volumes(val_dataset)
     examples = _example_picks(volumes, c.val_slices_per_case, classes, c.examples)
+    equal_step = _equal_step(run_dir, c.models)
     results: dict[str, dict[str, float]] = {}
+    at_equal_steps: dict[str, dict[str, float]] = {}
     example_labels: dict[str, list[torch.Tensor]] = {}
     slices = 0
     for name in c.models:
-        state = load_checkpoint(run_dir / name / "last.pt")
-        model = build_model_2d(name, config, classes)
-        model.load_state_dict(state["model"])
-        model.to(device)
+        model, state = _restored(name, config, classes, run_dir / name / "last.pt", device)
+        parameters = sum(p.numel() for p in model.parameters())
         scores, ms, slices, example_labels[name] = _score(model, volumes, examples, c.val_slices_per_case)
-        results[name] = {**scores, "steps": int(state["global_step"]), "train_seconds": float(state["elapsed_s"]),
-                         "infer_ms_per_slice": ms, "parameters": sum(p.numel() for p in model.parameters())}
-        log(f"{name}: mean Dice {scores['dice']:.4f}")
+        results[name] = {**scores, **run_budget(state, parameters).figures(), "infer_ms_per_slice": ms}
+        log(f"{name}: mean Dice {scores['dice']:.4f} after {state['global_step']} steps")
+        if equal_step is not None:
+            if int(state["global_step"]) != equal_step:
+                snapshot = run_dir / name / "snapshots" / f"step_{equal_step:07d}.pt"
+                model, state = _restored(name, config, classes, snapshot, device)
+                scores = _score(model, volumes, [], c.val_slices_per_case)[0]
+            at_equal_steps[name] = {**scores, **run_budget(state, parameters).figures()}
     write_csv(run_dir / "results.csv", results)
+    if at_equal_steps:
+        write_csv(run_dir / "results_equal_steps.csv", at_equal_steps)
+    _write_curves(run_dir, c.models)
     with atomic_output(run_dir / "results.md") as tmp:
-        tmp.write_text(_summary(config, split, slices, classes, results), encoding="utf-8")
+        tmp.write_text(_summary(config, split, slices, classes, results, at_equal_steps, equal_step), encoding="utf-8")
     if examples:
         truths = [semantic_target(volumes[v][1][..., z], classes) for v, z in examples]
         write_examples(run_dir / "examples.png", [volumes[v][0][..., z] for v, z in examples], truths,
                        example_labels, classes.num_classes)
     log(markdown_table(results))
+    if at_equal_steps:
+        log(f"at {equal_step} steps each:\n{markdown_table(at_equal_steps)}")
     log(f"results: {run_dir / 'results.md'}")

@@ -30,6 +30,19 @@ def test_resume_continues_exactly(phantom_dir, tmp_path):
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
     lines = (half / "train_log.jsonl").read_text(encoding="utf-8").splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [0, 1]
+    counted = [(json.loads(line)["step"], json.loads(line)["samples_seen"]) for line in lines]
+    assert counted == [(2, 2), (4, 4)]  # 2 steps of 1 sample per epoch, counted on across the resume
+    assert load_checkpoint(half / "last.pt")["samples_seen"] == load_checkpoint(straight / "last.pt")["samples_seen"]
+
+
+def test_snapshots_keep_the_weights_at_the_requested_steps(phantom_dir, tmp_path):
+    run = train(None, data_dir=phantom_dir, output=tmp_path / "snapshots", log=lambda _: None,
+                overrides=[*TINY, "train.max_epochs=2", "train.snapshot_steps=[1,3,99]"])
+    assert sorted(p.name for p in (run / "snapshots").iterdir()) == ["step_0000001.pt", "step_0000003.pt"]
+    first = load_checkpoint(run / "snapshots" / "step_0000001.pt")
+    assert (first["global_step"], first["samples_seen"], first["epoch"]) == (1, 1, 0) and "optimizer" not in first
+    assert first["model"].keys() == _weights(run).keys()
+    assert 0 < first["elapsed_s"] < load_checkpoint(run / "last.pt")["elapsed_s"]
 
 
 def test_run_folder_contents_and_weights_only_checkpoint(tiny_run):

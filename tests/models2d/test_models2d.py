@@ -18,6 +18,9 @@ SIZE = 64
 # What each adapter must fill besides `semantic`: (instances, panoptic).
 OUTPUTS = {"fcn": (False, False), "unet2d": (False, False), "maskrcnn": (True, False), "panoptic": (True, True)}
 DATASET_CLASSES = ["background", "liver", "kidney_left", "kidney_right", "spine"]
+# What the comparison plans from the training slices before it builds a detector to train.
+DETECTOR_PLAN = ["compare.anchor_sizes=[8,16,32,64,128]", "compare.aspect_ratios=[0.5,1.0,2.0]",
+                 "compare.rpn_samples_per_image=64", "compare.roi_samples_per_image=64"]
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +31,7 @@ def classes() -> ClassSpec:
 
 @pytest.fixture(scope="module")
 def config():
-    return load_config(None, [f"compare.slice_size=[{SIZE},{SIZE}]", "model.channels=[4,8,16]",
+    return load_config(None, [*DETECTOR_PLAN, f"compare.slice_size=[{SIZE},{SIZE}]", "model.channels=[4,8,16]",
                               "model.strides=[2,2]", "model.num_res_units=0", "compare.val_slices_per_case=3"],
                        command="compare")
 
@@ -129,7 +132,7 @@ def test_validation_dice_is_one_for_a_perfect_prediction_and_nan_for_absent_clas
 
 
 def test_maskrcnn_v2_follows_the_contract(classes):
-    config = load_config(None, ["compare.maskrcnn_v2=true", f"compare.slice_size=[{SIZE},{SIZE}]"], command="compare")
+    config = load_config(None, [*DETECTOR_PLAN, "compare.maskrcnn_v2=true", f"compare.slice_size=[{SIZE},{SIZE}]"], command="compare")
     v2 = build_model_2d("maskrcnn", config, classes)
     assert len(v2.network.rpn.head.conv) == 2  # v2's RPN head has two convolutions, v1's one
     losses = v2.train().training_step({"image": image_of(scene()), "label": scene()[None, None]})
@@ -144,7 +147,7 @@ def test_the_resnet50_detector_is_torchvisions_own(classes, v2):
 
     from medseg.models2d.maskrcnn import build_detector
 
-    config = load_config(None, [f"compare.maskrcnn_v2={str(v2).lower()}"], command="compare")
+    config = load_config(None, [*DETECTOR_PLAN, f"compare.maskrcnn_v2={str(v2).lower()}"], command="compare")
     ours = build_detector(config.compare, len(classes.things)).state_dict()
     builder = maskrcnn_resnet50_fpn_v2 if v2 else maskrcnn_resnet50_fpn
     theirs = builder(weights=None, weights_backbone=None, num_classes=1 + len(classes.things)).state_dict()
@@ -153,9 +156,9 @@ def test_the_resnet50_detector_is_torchvisions_own(classes, v2):
 
 
 def test_a_light_backbone_with_group_norm_trains_and_predicts(classes):
-    config = load_config(None, ["compare.backbone=resnet18", "compare.backbone_norm=group",
+    config = load_config(None, [*DETECTOR_PLAN, "compare.backbone=resnet18", "compare.backbone_norm=group",
                                 f"compare.slice_size=[{SIZE},{SIZE}]"], command="compare")
-    heavy = load_config(None, [f"compare.slice_size=[{SIZE},{SIZE}]"], command="compare")
+    heavy = load_config(None, [*DETECTOR_PLAN, f"compare.slice_size=[{SIZE},{SIZE}]"], command="compare")
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     for name in ("maskrcnn", "panoptic"):
         torch.manual_seed(0)

@@ -42,7 +42,8 @@ def config_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def compared(phantom_dir, config_file, tmp_path_factory):
     output = tmp_path_factory.mktemp("compare") / "out"
-    assert main(["compare", config_file, "--data", str(phantom_dir), "--output", str(output), *TINY]) == 0
+    assert main(["compare", config_file, "--data", str(phantom_dir), "--output", str(output), *TINY,
+                 "train.max_epochs=2", "train.snapshot_steps=[1]"]) == 0
     return output
 
 
@@ -52,14 +53,39 @@ def test_compare_writes_one_table_over_every_model(compared):
     assert rows[0] == ["metric", *MODELS]
     table = {row[0]: dict(zip(MODELS, row[1:])) for row in rows[1:]}
     for metric in ("dice", "iou", "pixel_accuracy", "precision", "recall", "f1", "dice_kidney",
-                   "steps", "train_seconds", "infer_ms_per_slice", "parameters"):
+                   "steps", "samples_seen", "s_per_step", "train_seconds", "infer_ms_per_slice", "parameters"):
         assert all(table[metric][m] != "" for m in MODELS), metric
-    assert all(table["steps"][m] == "1" for m in MODELS)
+    assert all(table["steps"][m] == "2" and table["samples_seen"][m] == "4" for m in MODELS)
     # Instance metrics only where there are instances, panoptic ones only for the panoptic model.
     assert [m for m in MODELS if table["mask_AP"][m] != ""] == ["maskrcnn", "panoptic"]
     assert [m for m in MODELS if table["PQ"][m] != ""] == ["panoptic"]
     markdown = (compared / "results.md").read_text(encoding="utf-8")
     assert "| metric | fcn | unet2d | maskrcnn | panoptic |" in markdown and "![examples](examples.png)" in markdown
+
+
+def test_compare_also_scores_every_model_at_an_equal_number_of_steps(compared):
+    """Each model's weights at the largest snapshot step all of them reached (1 here, of 2 trained)."""
+    with open(compared / "results_equal_steps.csv") as f:
+        rows = list(csv.reader(f))
+    table = {row[0]: dict(zip(MODELS, row[1:])) for row in rows[1:]}
+    assert all(table["steps"][m] == "1" and table["samples_seen"][m] == "2" for m in MODELS)
+    assert all(table["dice"][m] != "" and "infer_ms_per_slice" not in table for m in MODELS)
+    for model in MODELS:
+        snapshot = torch.load(compared / model / "snapshots" / "step_0000001.pt", weights_only=True)
+        assert snapshot["global_step"] == 1 and "optimizer" not in snapshot
+    markdown = (compared / "results.md").read_text(encoding="utf-8")
+    assert "## At an equal number of steps (1 each)" in markdown
+    assert "![Dice by steps](curves_steps.svg)" in markdown
+
+
+def test_compare_draws_the_learning_curves_of_every_model(compared):
+    import xml.etree.ElementTree as ElementTree
+
+    for name in ("curves_steps.svg", "curves_minutes.svg"):
+        svg = ElementTree.parse(compared / name).getroot()
+        lines = svg.findall("{http://www.w3.org/2000/svg}polyline")
+        legend = [t.text for t in svg.findall("{http://www.w3.org/2000/svg}text")]
+        assert len(lines) == len(MODELS) and set(MODELS) <= set(legend), name
 
 
 def test_compare_writes_the_figure_checkpoints_and_config(compared):
@@ -77,8 +103,16 @@ def test_compare_writes_the_figure_checkpoints_and_config(compared):
             assert (run / file).is_file(), (name, file)
         assert any((run / "tensorboard").iterdir())
         checkpoint = torch.load(run / "last.pt", weights_only=True)
-        assert checkpoint["global_step"] == 1 and checkpoint["config"]["compare"]["models"] == [name]
+        assert checkpoint["global_step"] == 2 and checkpoint["config"]["compare"]["models"] == [name]
         build_model_2d(name, config, classes).load_state_dict(checkpoint["model"])
+
+
+def test_the_detector_settings_are_planned_from_the_training_slices_and_recorded(compared):
+    plan = yaml.safe_load((compared / "plan.yaml").read_text(encoding="utf-8"))["compare"]
+    assert set(plan) == {"anchor_sizes", "aspect_ratios", "rpn_samples_per_image", "roi_samples_per_image"}
+    assert "# instance scales" in (compared / "plan.yaml").read_text(encoding="utf-8")
+    config = yaml.safe_load((compared / "config.yaml").read_text(encoding="utf-8"))["compare"]
+    assert all(config[key] == value for key, value in plan.items())  # what every model was built with
 
 
 @pytest.mark.parametrize("case, extra, words", [
