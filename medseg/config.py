@@ -252,7 +252,8 @@ class Compare2DConfig:
     detections mask AP sees). ``detector_lr`` replaces ``train.lr`` for Mask R-CNN and the panoptic
     model, which train from scratch less stably than the semantic networks; null keeps ``train.lr``.
     ``backbone`` is the ResNet under the FPN of Mask R-CNN and the panoptic model; ``backbone_norm``
-    ``group`` (GroupNorm) trains from scratch with small batches where BatchNorm's statistics are noisy.
+    ``group`` (GroupNorm) trains from scratch with small batches where BatchNorm's statistics are noisy;
+    ``fpn_channels`` is the width of the FPN and of the heads on it (the paper's 256, or narrower).
     ``slice_size`` is the in-plane size every slice is padded or cropped to;
     ``val_slices_per_case`` evenly spaced axial slices of each validation case are scored.
     """
@@ -276,6 +277,7 @@ class Compare2DConfig:
     maskrcnn_v2: bool = False
     backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet50"
     backbone_norm: Literal["batch", "group"] = "batch"
+    fpn_channels: int = 256
 
 
 Command = Literal["train", "pretrain", "compare"]
@@ -621,6 +623,8 @@ def _check_compare(c: Compare2DConfig, model: ModelConfig) -> None:
     for key in ("rpn_samples_per_image", "roi_samples_per_image"):
         _require(getattr(c, key) is None or getattr(c, key) >= 1, f"compare.{key}", "null (planned) or at least 1",
                  getattr(c, key))
+    _require(c.fpn_channels >= 32 and c.fpn_channels % 32 == 0, "compare.fpn_channels",
+             "a multiple of 32 (GroupNorm's groups)", c.fpn_channels)
     _require(c.detector_lr is None or c.detector_lr > 0, "compare.detector_lr", "null or a positive learning rate",
              c.detector_lr)
     _require(c.val_slices_per_case >= 1, "compare.val_slices_per_case", "at least 1", c.val_slices_per_case)

@@ -13,12 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from medseg.data.phantom import generate_phantom_dataset
-from medseg.engine.budget import learning_curve, run_budget
-from medseg.engine.checkpoint import load_checkpoint
-from medseg.engine.plots import write_curves_svg
 from medseg.errors import MedsegError
 from medseg.evaluation import evaluate_folders, format_table
 from medseg.inference import Predictor
+from medseg.workflows.strategy_comparison import comparison_table, strategy_result, write_comparison_curves
 from medseg.workflows.training import train
 
 # Kept identical to pipelines/demo_<strategy>.yaml (a test checks it) so the demo is reproducible
@@ -102,57 +100,40 @@ def _strategies(strategy: str) -> list[str]:
     return names
 
 
-def _write_comparison_curves(folder: Path, runs: dict[str, Path]) -> None:
-    """Validation Dice of each strategy's run against optimiser steps and against minutes."""
-    for x, label in (("step", "optimiser steps"), ("elapsed_min", "training minutes")):
-        curves = {name: learning_curve(run_dir, "val_mean_dice", x) for name, run_dir in runs.items()}
-        write_curves_svg(folder / f"curves_{x}.svg", curves, label, "validation mean Dice",
-                         f"Demo strategies: validation Dice by {label}")
-
-
 def run_demo(output: str | Path = "demo_output", strategy: str = "patch", minutes: float = 3.0,
              log: Callable[[str], None] = print) -> list[Path]:
     """Run the demo into ``output`` for one strategy, several (comma-separated) or ``all``, each with
-    ``minutes`` of training; with several, a comparison table closes the output. Returns the run folders."""
+    ``minutes`` of training; with several, a comparison table and learning curves close the output.
+    Returns the run folders."""
     names = _strategies(strategy)
     start = time.perf_counter()
     output = Path(output)
     train_dir = _dataset(output / "data", TRAIN_CASES, seed=0, log=log)
     test_dir = _dataset(output / "test", TEST_CASES, seed=1, log=log)
-    runs, rows = [], []
+    results = []
     for name in names:
         run_dir = output / f"run-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
         overrides = [*DEMO_OVERRIDES[name], f"train.max_minutes={minutes}"]
         train(None, data_dir=train_dir, output=run_dir, overrides=overrides, log=log)
         predictions = run_dir / "test_predictions"
         infer_start = time.perf_counter()
-        predictor = Predictor(run_dir)
-        predictor.predict_paths(test_dir / "imagesTr", predictions, progress=False, log=log)
+        Predictor(run_dir).predict_paths(test_dir / "imagesTr", predictions, progress=False, log=log)
         seconds = (time.perf_counter() - infer_start) / TEST_CASES
         result = evaluate_folders(predictions, test_dir / "labelsTr", output_json=run_dir / "test_metrics.json",
                                   class_names={1: "liver", 2: "kidney", 3: "spine"})
         log(f"\nheld-out test cases ({TEST_CASES}), strategy '{name}':\n{format_table(result)}")
         log(f"run folder:  {run_dir}  (tensorboard --logdir {run_dir / 'tensorboard'})")
         log(f"predictions: {predictions}; metrics: {run_dir / 'test_metrics.json'} and .csv")
-        per_class = result.summary["per_class"]
-        budget = run_budget(load_checkpoint(run_dir / "last.pt"),
-                            sum(p.numel() for p in predictor.segmenter.network.parameters()))
-        rows.append([name, *(f"{per_class[c]['dice']:.3f}" for c in per_class), f"{result.summary['mean_dice']:.3f}",
-                     str(budget.steps), str(budget.samples_seen), f"{budget.seconds_per_step:.2f}",
-                     f"{budget.parameters / 1e6:.2f} M", f"{seconds:.2f}"])
-        runs.append(run_dir)
-    if len(rows) > 1:
-        header = ["strategy", *per_class, "mean Dice", "steps", "samples", "s/step", "parameters", "infer s/case"]
-        widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-        lines = ["  ".join(str(c).rjust(w) for c, w in zip(r, widths)) for r in [header, *rows]]
+        results.append(strategy_result(name, run_dir, result.summary, seconds))
+    if len(results) > 1:
         log(f"\ncomparison on the held-out test cases (Dice), {minutes:g} min of training each "
             "(samples: training crops or slices seen; s/step: training and validation time per step):\n"
-            + "\n".join(lines))
+            + comparison_table(results))
         curves_dir = output / f"comparison-{time.strftime('%Y%m%d-%H%M%S')}"
-        _write_comparison_curves(curves_dir, dict(zip(names, runs)))
+        write_comparison_curves(curves_dir, results, "Demo strategies")
         log(f"learning curves (validation Dice by steps and by minutes): {curves_dir}")
     log(f"\ndone in {(time.perf_counter() - start) / 60:.1f} min")
-    return runs
+    return [r.run_dir for r in results]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,9 +11,10 @@ from torchvision.models import resnet
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
-from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
-from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
+from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from medseg.config import FPN_LEVELS, Compare2DConfig, Config
@@ -22,7 +23,8 @@ from medseg.models2d.base import Batch2D, ClassSpec, Instances, Prediction2D
 from medseg.models2d.merge import paste_instances
 from medseg.models2d.model import MODELS_2D, Model2D
 
-FPN_CHANNELS = 256
+MASK_RCNN_WIDTH = 256  # the paper's FPN and head width; compare.fpn_channels may narrow both
+BOX_REPRESENTATION = 1024
 GROUPS = 32  # GroupNorm groups (Wu and He 2018), fewer for narrow layers
 # torchvision's defaults suit 800-pixel photos with dozens of objects; a slice holds a handful of organs.
 # Fewer proposals (and fewer sampled RoIs, now planned) made a training step on 8 slices of 96x96 pixels
@@ -34,6 +36,11 @@ SMALL_IMAGE_SETTINGS = {
     "rpn_pre_nms_top_n_test": 300,
     "rpn_post_nms_top_n_test": 150,
 }
+POOLED_LEVELS = ["0", "1", "2", "3"]  # P2-P5, as torchvision pools them
+# detectron2's adaptive RoIAlign sampling (ROIAlignV2, sampling_ratio 0): ceil(RoI size / output size)
+# points per bin. torchvision's fixed 2x2 points made RoIAlign's backward, which runs on one CPU thread,
+# 30% of a Mask R-CNN step on 96x96 slices; organ sections a few feature cells wide need one point.
+ROI_SAMPLING_RATIO = 0
 PLANNED_KEYS = ("anchor_sizes", "aspect_ratios", "rpn_samples_per_image", "roi_samples_per_image")
 
 
@@ -64,27 +71,38 @@ def build_detector(settings: Compare2DConfig, num_things: int) -> MaskRCNN:
     norm = _norm_layer(settings.backbone_norm)
     body = getattr(resnet, settings.backbone)(weights=None, norm_layer=norm)
     body.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    # What torchvision's builders make of it: C2-C5 into a 256-channel FPN plus a max-pooled P6; v2
-    # normalises the FPN's convolutions too.
+    # What torchvision's builders make of it: C2-C5 into an FPN plus a max-pooled P6; v2 normalises the
+    # FPN's convolutions too.
     stage2 = body.inplanes // 8
+    channels = settings.fpn_channels
     backbone = BackboneWithFPN(body, {f"layer{k}": str(k - 1) for k in range(1, 5)},
-                               [stage2 * 2 ** (k - 1) for k in range(1, 5)], FPN_CHANNELS,
+                               [stage2 * 2 ** (k - 1) for k in range(1, 5)], channels,
                                extra_blocks=LastLevelMaxPool(), norm_layer=norm if settings.maskrcnn_v2 else None)
     # One anchor size per FPN level, as many anchors per location as torchvision's default.
     anchors = AnchorGenerator(tuple((s,) for s in settings.anchor_sizes), (tuple(settings.aspect_ratios),) * FPN_LEVELS)
-    heads = {}
+    heads: dict[str, nn.Module] = {}
     if settings.maskrcnn_v2:
-        channels = backbone.out_channels
         heads = {
             "rpn_head": RPNHead(channels, anchors.num_anchors_per_location()[0], conv_depth=2),
-            "box_head": FastRCNNConvFCHead((channels, 7, 7), [256] * 4, [1024], norm_layer=norm),
-            "mask_head": MaskRCNNHeads(channels, [256] * 4, 1, norm_layer=norm),
+            "box_head": FastRCNNConvFCHead((channels, 7, 7), [channels] * 4, [BOX_REPRESENTATION], norm_layer=norm),
+            "mask_head": MaskRCNNHeads(channels, [channels] * 4, 1, norm_layer=norm),
         }
-    return MaskRCNN(backbone, num_classes=1 + num_things, min_size=min(settings.slice_size),
+    elif channels != MASK_RCNN_WIDTH:  # torchvision's v1 heads, as wide as the FPN
+        heads = {"box_head": TwoMLPHead(channels * 7 * 7, BOX_REPRESENTATION),
+                 "mask_head": MaskRCNNHeads(channels, [channels] * 4, 1)}
+    classes: int | None = 1 + num_things
+    if channels != MASK_RCNN_WIDTH:  # torchvision builds the predictors only at width 256
+        heads["mask_predictor"] = MaskRCNNPredictor(channels, channels, 1 + num_things)
+        heads["box_predictor"] = FastRCNNPredictor(BOX_REPRESENTATION, 1 + num_things)
+        classes = None
+    return MaskRCNN(backbone, num_classes=classes, min_size=min(settings.slice_size),
                     max_size=max(settings.slice_size), image_mean=[0.0], image_std=[1.0],
                     rpn_anchor_generator=anchors, box_detections_per_img=settings.detections_per_image,
                     rpn_batch_size_per_image=settings.rpn_samples_per_image,
-                    box_batch_size_per_image=settings.roi_samples_per_image, **SMALL_IMAGE_SETTINGS, **heads)
+                    box_batch_size_per_image=settings.roi_samples_per_image,
+                    box_roi_pool=MultiScaleRoIAlign(POOLED_LEVELS, 7, sampling_ratio=ROI_SAMPLING_RATIO),
+                    mask_roi_pool=MultiScaleRoIAlign(POOLED_LEVELS, 14, sampling_ratio=ROI_SAMPLING_RATIO),
+                    **SMALL_IMAGE_SETTINGS, **heads)
 
 
 def detector_targets(batch: Batch2D, classes: ClassSpec) -> list[dict[str, torch.Tensor]]:

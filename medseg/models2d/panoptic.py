@@ -11,7 +11,6 @@ from medseg.config import Compare2DConfig, Config
 from medseg.losses import build_loss
 from medseg.models2d.base import Batch2D, ClassSpec, Prediction2D
 from medseg.models2d.maskrcnn import (
-    FPN_CHANNELS,
     build_detector,
     detections_to_instances,
     detector_targets,
@@ -30,13 +29,13 @@ class SemanticFPNHead(nn.Module):
     by 2x upsampling except at P2, until it reaches 1/4 scale; the sum is classified by a 1x1 conv and
     upsampled to the image. It predicts every class; the merge takes only the stuff classes from it."""
 
-    def __init__(self, num_classes: int) -> None:
+    def __init__(self, num_classes: int, fpn_channels: int) -> None:
         super().__init__()
         self.levels = nn.ModuleList()
         for level in range(len(SEMANTIC_LEVELS)):
             stages: list[nn.Module] = []
             for k in range(max(level, 1)):
-                channels_in = FPN_CHANNELS if k == 0 else HEAD_CHANNELS
+                channels_in = fpn_channels if k == 0 else HEAD_CHANNELS
                 stages += [nn.Conv2d(channels_in, HEAD_CHANNELS, 3, padding=1, bias=False),
                            nn.GroupNorm(32, HEAD_CHANNELS), nn.ReLU(inplace=True)]
                 if level > 0:
@@ -57,7 +56,7 @@ class PanopticNetwork(nn.Module):
     def __init__(self, settings: Compare2DConfig, classes: ClassSpec) -> None:
         super().__init__()
         self.detector = build_detector(settings, len(classes.things))
-        self.semantic_head = SemanticFPNHead(classes.num_classes)
+        self.semantic_head = SemanticFPNHead(classes.num_classes, settings.fpn_channels)
 
     def _semantic_logits(self, features: dict[str, torch.Tensor], padded: torch.Size, size: tuple[int, int],
                          original: tuple[int, int]) -> torch.Tensor:

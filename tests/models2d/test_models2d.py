@@ -132,7 +132,8 @@ def test_validation_dice_is_one_for_a_perfect_prediction_and_nan_for_absent_clas
 
 
 def test_maskrcnn_v2_follows_the_contract(classes):
-    config = load_config(None, [*DETECTOR_PLAN, "compare.maskrcnn_v2=true", f"compare.slice_size=[{SIZE},{SIZE}]"], command="compare")
+    config = load_config(None, [*DETECTOR_PLAN, "compare.maskrcnn_v2=true", f"compare.slice_size=[{SIZE},{SIZE}]"],
+                         command="compare")
     v2 = build_model_2d("maskrcnn", config, classes)
     assert len(v2.network.rpn.head.conv) == 2  # v2's RPN head has two convolutions, v1's one
     losses = v2.train().training_step({"image": image_of(scene()), "label": scene()[None, None]})
@@ -157,6 +158,7 @@ def test_the_resnet50_detector_is_torchvisions_own(classes, v2):
 
 def test_a_light_backbone_with_group_norm_trains_and_predicts(classes):
     config = load_config(None, [*DETECTOR_PLAN, "compare.backbone=resnet18", "compare.backbone_norm=group",
+                                "compare.fpn_channels=128",
                                 f"compare.slice_size=[{SIZE},{SIZE}]"], command="compare")
     heavy = load_config(None, [*DETECTOR_PLAN, f"compare.slice_size=[{SIZE},{SIZE}]"], command="compare")
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
@@ -164,6 +166,10 @@ def test_a_light_backbone_with_group_norm_trains_and_predicts(classes):
         torch.manual_seed(0)
         model = build_model_2d(name, config, classes)
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+        detector = model.network.detector if name == "panoptic" else model.network
+        mask_convolutions = [m for m in detector.roi_heads.mask_head.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert detector.backbone.out_channels == 128 and len(mask_convolutions) == 4
+        assert all(m.out_channels == 128 for m in mask_convolutions)
         assert count(model) < count(build_model_2d(name, heavy, classes)) - 12e6  # ResNet-18 for ResNet-50
         losses = model.train().training_step({"image": image_of(scene()), "label": scene()[None, None]})
         assert all(torch.isfinite(v) for v in losses.values())

@@ -44,7 +44,9 @@ def test_aspect_ratios_follow_elongated_instances():
 def test_sample_counts_grow_with_busy_slices_within_torchvisions_ceiling():
     quiet = plan_detection(stats([10.0] * 10, per_slice=[1] * 10))
     busy = plan_detection(stats([10.0] * 10, per_slice=[30] * 10))
-    assert quiet["compare.rpn_samples_per_image"].value == 64 and quiet["compare.roi_samples_per_image"].value == 64
+    assert quiet["compare.rpn_samples_per_image"].value == 64 and quiet["compare.roi_samples_per_image"].value == 32
+    middle = plan_detection(stats([10.0] * 10, per_slice=[5] * 10))
+    assert middle["compare.rpn_samples_per_image"].value == 160 and middle["compare.roi_samples_per_image"].value == 80
     assert busy["compare.rpn_samples_per_image"].value == 256 and busy["compare.roi_samples_per_image"].value == 512
 
 
@@ -70,7 +72,8 @@ class Slices:
 def test_stats_and_plan_come_from_the_training_slices_and_keep_what_the_user_set():
     classes = ClassSpec.from_config(["background", "a", "b", "c"], [], ["c"])
     measured = sampled_instance_stats(Slices(), classes, draws=6)
-    assert sorted(measured.box_sizes.tolist()) == [[4, 4]] * 6 + [[12, 12]] * 6 and measured.per_slice.tolist() == [2] * 6
+    assert sorted(measured.box_sizes.tolist()) == [[4, 4]] * 6 + [[12, 12]] * 6
+    assert measured.per_slice.tolist() == [2] * 6
     settings = load_config(None, ["compare.rpn_samples_per_image=99"], command="compare").compare
     planned_settings, plan = plan_detectors(settings, Slices(), classes)
     assert planned_settings.rpn_samples_per_image == 99 and "compare.rpn_samples_per_image" not in plan
