@@ -43,7 +43,7 @@ def test_aspect_ratios_follow_elongated_instances():
 
 def test_sample_counts_grow_with_busy_slices_within_torchvisions_ceiling():
     quiet = plan_detection(stats([10.0] * 10, per_slice=[1] * 10))
-    busy = plan_detection(stats([10.0] * 10, per_slice=[30] * 10))
+    busy = plan_detection(stats([10.0] * 10, per_slice=[40] * 10))
     assert quiet["compare.rpn_samples_per_image"].value == 64 and quiet["compare.roi_samples_per_image"].value == 32
     middle = plan_detection(stats([10.0] * 10, per_slice=[5] * 10))
     assert middle["compare.rpn_samples_per_image"].value == 160 and middle["compare.roi_samples_per_image"].value == 80
