@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from monai.inferers import SlidingWindowInferer
 from monai.transforms import ClassesToIndicesd, RandCropByLabelClassesd, RandCropByPosNegLabeld, SpatialPadd, Transform
@@ -13,6 +15,7 @@ from medseg.networks import build_network_3d
 from medseg.resample import class_argmax, softmax_
 from medseg.strategies.base import Segmenter, VolumePrediction
 
+LOG = logging.getLogger(__name__)
 CLASS_INDICES_KEPT = 10_000  # voxel positions kept per class and volume to draw crop centres from
 
 
@@ -27,6 +30,9 @@ class PatchSegmenter(Segmenter):
         if config.data.sampling == "classes" and ratios is not None and len(ratios) != self.num_classes:
             raise MedsegError(f"config key 'data.class_ratios': expected {self.num_classes} ratios, one per class "
                               f"background first, got {ratios}")
+
+    def network_input_size(self) -> list[int]:
+        return self.patch_size
 
     def train_sampling(self) -> list[Transform]:
         data = self.config.data
@@ -52,9 +58,8 @@ class PatchSegmenter(Segmenter):
         logits = self.network(batch["image"])
         return {"loss": self.segmentation_loss(logits, batch)}
 
-    def _inferer(self, device: torch.device) -> SlidingWindowInferer:
+    def _inferer(self, device: torch.device, stitch: torch.device) -> SlidingWindowInferer:
         infer = self.config.infer
-        stitch = device if infer.stitch_device == "auto" else torch.device(infer.stitch_device)
         return SlidingWindowInferer(
             roi_size=self.patch_size,
             sw_batch_size=infer.sw_batch_size,
@@ -64,10 +69,35 @@ class PatchSegmenter(Segmenter):
             device=stitch,
         )
 
+    def _stitch_devices(self, device: torch.device) -> list[torch.device]:
+        """Where the sliding window's output is stitched, in the order to try: with ``auto`` on a GPU, the
+        GPU and then, if it runs out of memory, the CPU (as MONAI's ``SlidingWindowInfererAdapt``)."""
+        configured = self.config.infer.stitch_device
+        if configured != "auto":
+            return [torch.device(configured)]
+        return [device, torch.device("cpu")] if device.type == "cuda" else [device]
+
     @torch.inference_mode()
     def segment(self, image: torch.Tensor) -> VolumePrediction:
+        """Sliding-window prediction; a GPU that runs out of memory stitching the whole volume falls back
+        to stitching on the CPU (the network still runs on the GPU) instead of failing."""
         device = self.device
-        inferer = self._inferer(device)
+        stitches = self._stitch_devices(device)
+        for attempt, stitch in enumerate(stitches):
+            try:
+                return self._segment_with(image, device, stitch)
+            except torch.OutOfMemoryError:
+                if attempt + 1 == len(stitches):
+                    raise MedsegError(f"out of memory predicting a volume of {tuple(image.shape[1:])} voxels, "
+                                      f"stitching on {stitch}; lower infer.sw_batch_size") from None
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                LOG.warning("out of GPU memory stitching %s voxels on %s: stitching on %s instead",
+                            tuple(image.shape[1:]), stitch, stitches[attempt + 1])
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _segment_with(self, image: torch.Tensor, device: torch.device, stitch: torch.device) -> VolumePrediction:
+        inferer = self._inferer(device, stitch)
         x = image[None].to(device)
         flips = [()] + [(axis + 2,) for axis in self.config.infer.mirror_axes]
         logits: torch.Tensor | None = None

@@ -1,0 +1,56 @@
+"""A GPU that runs out of memory stitching a sliding-window prediction falls back to stitching on the
+CPU. No GPU runs the tests: the first attempt raises a simulated out-of-memory error."""
+
+import pytest
+import torch
+
+from medseg.config import load_config
+from medseg.errors import MedsegError
+from medseg.strategies import build_segmenter
+from tests.helpers import TINY
+
+CUDA, CPU = torch.device("cuda"), torch.device("cpu")
+
+
+def _segmenter(*extra):
+    torch.manual_seed(0)
+    return build_segmenter(load_config(None, [*TINY, "data.class_names=[a,b,c]", *extra])).eval()
+
+
+def test_stitching_is_tried_on_the_gpu_then_on_the_cpu():
+    assert _segmenter()._stitch_devices(CUDA) == [CUDA, CPU]
+    assert _segmenter()._stitch_devices(CPU) == [CPU]
+    assert _segmenter("infer.stitch_device=cpu")._stitch_devices(CUDA) == [CPU]
+
+
+def test_out_of_memory_falls_back_to_cpu_stitching_with_the_same_result(monkeypatch, caplog):
+    segmenter = _segmenter()
+    image = torch.randn(1, 40, 36, 24)
+    expected = segmenter.segment(image).probabilities
+    tried = []
+    real = segmenter._segment_with
+
+    def first_attempt_runs_out(image, device, stitch):
+        tried.append(stitch)
+        if len(tried) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(image, device, stitch)
+
+    monkeypatch.setattr(segmenter, "_segment_with", first_attempt_runs_out)
+    monkeypatch.setattr(segmenter, "_stitch_devices", lambda device: [CUDA, CPU])
+    result = segmenter.segment(image)
+    assert tried == [CUDA, CPU]
+    torch.testing.assert_close(result.probabilities, expected)
+    assert "stitching on cpu instead" in caplog.text
+
+
+def test_out_of_memory_everywhere_is_one_clear_error(monkeypatch):
+    segmenter = _segmenter()
+
+    def always(image, device, stitch):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(segmenter, "_segment_with", always)
+    monkeypatch.setattr(segmenter, "_stitch_devices", lambda device: [CUDA, CPU])
+    with pytest.raises(MedsegError, match="out of memory .* lower infer.sw_batch_size"):
+        segmenter.segment(torch.randn(1, 40, 36, 24))
