@@ -18,6 +18,7 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
+from medseg.dicom import read_series
 from medseg.errors import MedsegError
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -77,14 +78,7 @@ def _sitk_affine(image: sitk.Image | sitk.ImageFileReader) -> np.ndarray:
 
 def _read_sitk(path: Path) -> sitk.Image:
     if path.is_dir():
-        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
-        if not series:
-            raise MedsegError(f"{path}: folder holds no DICOM series")
-        if len(series) > 1:
-            raise MedsegError(f"{path}: folder holds {len(series)} DICOM series; give one series per folder")
-        reader = sitk.ImageSeriesReader()
-        reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0]))
-        return reader.Execute()
+        return read_series(path)  # one series per folder, checked for gantry tilt and uneven spacing
     return sitk.ReadImage(str(path))
 
 

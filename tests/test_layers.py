@@ -4,7 +4,8 @@ Layers, top to bottom (a module may import its own package and anything in a low
 one layer do not import each other):
 
     cli -> commands, benchmark -> workflows -> inference -> strategies, models2d, ssl -> engine -> planning
-        -> data, networks, losses, evaluation -> metrics, resample -> regions, config, registry -> io -> errors
+        -> data, networks, losses, evaluation -> metrics, resample -> regions, config, registry -> io -> dicom
+        -> errors
 
 Run ``python tests/test_layers.py`` to print the import graph between packages.
 """
@@ -28,6 +29,7 @@ LAYERS = [
     ["metrics", "resample"],
     ["regions", "config", "registry"],
     ["io"],
+    ["dicom"],
     ["errors"],
 ]
 LAYER_OF = {name: depth for depth, names in enumerate(LAYERS) for name in names}

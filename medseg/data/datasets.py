@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from medseg.dicom import extracted_zip, series_folder, series_in
 from medseg.errors import MedsegError
 from medseg.io import IMAGE_SUFFIXES, case_id, image_stem, is_image_path
 
@@ -123,11 +124,22 @@ def discover_dataset(root: str | Path, require_labels: bool = True) -> Dataset:
     return Dataset(root, layout, cases, names, _modality(meta))
 
 
-def list_inputs(path: str | Path) -> list[Path]:
-    """Images to predict: one file, a DICOM series folder, or a folder of image files."""
+def list_inputs(path: str | Path, series: str | None = None) -> list[Path]:
+    """Images to predict: one file, a DICOM series folder, or a folder of image files or series folders;
+    a ``.zip`` of any of these. ``series`` picks one DICOM series (by Series Instance UID) of a folder
+    that holds several."""
     path = Path(path)
     if not path.exists():
         raise MedsegError(f"{path}: no such file or folder")
+    if path.is_file() and path.name.lower().endswith(".zip"):
+        path = extracted_zip(path)
+        inner = [p for p in path.iterdir() if not p.name.startswith((".", "__MACOSX"))]
+        if len(inner) == 1 and inner[0].is_dir() and not series_in(path):
+            path = inner[0]  # the archive of one folder: that folder
+    if series is not None:
+        if not path.is_dir():
+            raise MedsegError(f"{path}: --series needs a folder (or .zip) of DICOM files")
+        return [series_folder(path, series)]
     if path.is_file():
         if not is_image_path(path):
             raise MedsegError(f"{path}: not a supported image ({', '.join(IMAGE_SUFFIXES)} or a DICOM folder)")
@@ -136,7 +148,7 @@ def list_inputs(path: str | Path) -> list[Path]:
     if files:
         return files
     subfolders = sorted(p for p in path.iterdir() if p.is_dir())
-    series = [p for p in [path, *subfolders] if is_image_path(p)]
-    if not series:
+    found = [p for p in [path, *subfolders] if is_image_path(p)]
+    if not found:
         raise MedsegError(f"{path}: folder holds no images ({', '.join(IMAGE_SUFFIXES)}) and no DICOM series")
-    return series
+    return found
