@@ -88,9 +88,16 @@ class AnnotatedClassesd(MapTransform):
 
 
 def _foreground_selector(data: DataConfig) -> Callable[[torch.Tensor], torch.Tensor]:
-    if data.modality == "ct":
-        return lambda x: x > CT_BODY_THRESHOLD_HU
-    return lambda x: x > x.min()
+    """The voxels the foreground crop keeps; all of them when none is foreground (a constant image, or a
+    CT with nothing above the body threshold), which would otherwise be cropped to nothing."""
+    def body(x: torch.Tensor) -> torch.Tensor:
+        return x > CT_BODY_THRESHOLD_HU if data.modality == "ct" else x > x.min()
+
+    def select(x: torch.Tensor) -> torch.Tensor:
+        mask = body(x)
+        return mask if bool(mask.any()) else torch.ones_like(mask)
+
+    return select
 
 
 def intensity_transform(data: DataConfig, key: str = "image") -> Transform:

@@ -93,3 +93,9 @@ def test_infer_can_use_the_last_checkpoint_instead_of_the_best(tiny_run, tmp_pat
     with pytest.raises(SystemExit) as exit_info:
         main(["infer", "--model", str(tiny_run), "-i", str(image), "-o", str(tmp_path / "x"), "--checkpoint", "x.pt"])
     assert exit_info.value.code == 2 and not (tmp_path / "x").exists()
+
+
+def test_a_scan_with_no_foreground_is_predicted_whole_not_cropped_to_nothing(tiny_run, tmp_path):
+    image = write_nifti(tmp_path / "blank.nii.gz", np.full((24, 22, 12), -1000, np.int16))
+    Predictor(tiny_run, device="cpu").predict_paths(image, tmp_path / "out", progress=False, log=lambda _: None)
+    assert nib.load(str(tmp_path / "out" / "blank.nii.gz")).shape == (24, 22, 12)
