@@ -36,11 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "train", help="train a model from a YAML config",
-        usage="medseg train [CONFIG.yaml | PIPELINE] [--data DIR] [--output DIR] [--resume] [KEY=VALUE ...]",
+        usage="medseg train [CONFIG.yaml | PIPELINE] [--data DIR] [--output DIR] [--resume] [--folds all|K,...] "
+              "[KEY=VALUE ...]",
         epilog="KEY=VALUE: override any config key, e.g. train.max_epochs=5 train.max_minutes=10 "
-               "patch.patch_size=[64,64,64]",
+               "patch.patch_size=[64,64,64]. Cross-validation: data.num_folds=5 --folds all --output PARENT "
+               "writes PARENT/fold_0 ... fold_4 (--folds 2 trains one fold, e.g. per array task)",
     )
     _run_arguments(p, "hippocampus_patch", DATASET_HELP)
+    p.add_argument("--folds", help="'all' or fold numbers (e.g. 0,2): one run folder per fold under --output")
 
     p = sub.add_parser(
         "pretrain", help="self-supervised pretraining of the Swin UNETR encoder on unlabelled images",
@@ -75,16 +78,37 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="KEY=VALUE: inference settings, e.g. infer.overlap=0.75 infer.mirror_axes=[0,1,2] "
                "slice2d.fusion=majority",
     )
-    p.add_argument("--model", required=True, help="run folder written by 'medseg train'")
-    p.add_argument("-i", "--input", required=True, help="image file, DICOM series folder, or folder of images")
+    p.add_argument("--model", required=True, action="append",
+                   help="run folder written by 'medseg train' or 'medseg export'; repeat it, or give a "
+                        "cross-validation parent (--folds), for an ensemble that averages the runs' probabilities")
+    p.add_argument("-i", "--input", required=True,
+                   help="image file, DICOM series folder, folder of images or series folders, or a .zip of these")
+    p.add_argument("--series", metavar="UID", help="the DICOM series to predict, of a folder that holds several")
     p.add_argument("-o", "--output", required=True, help="folder for <case>.nii.gz label maps")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--checkpoint", default="best.pt", choices=["best.pt", "last.pt"],
                    help="best.pt (chosen on the run's validation cases) or last.pt (the end of training: use it "
                         "when the images to predict are those validation cases)")
     p.add_argument("--overwrite", action="store_true", help="replace existing predictions")
+    p.add_argument("--continue", dest="continue_batch", action="store_true",
+                   help="skip cases whose prediction already exists and is complete (an interrupted batch)")
+    p.add_argument("--num-parts", type=int, default=1, help="split the inputs into this many parts (array jobs)")
+    p.add_argument("--part-id", type=int, default=0, help="which part this process predicts, from 0")
     p.add_argument("--save-probabilities", action="store_true", help="also write <case>_probabilities.npz")
+    p.add_argument("--save-uncertainty", action="store_true",
+                   help="also write <case>_entropy.nii.gz: the per-voxel entropy of the (mean) probabilities")
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
+    p.set_defaults(overrides=[])
+
+    p = sub.add_parser(
+        "export", help="write a run's networks as TorchScript or ONNX with a sidecar of its preprocessing",
+        usage="medseg export RUN_DIR -o DIR [--format torchscript|onnx] [--checkpoint best.pt|last.pt]",
+        epilog="predict from the export with 'medseg infer --model DIR' (no checkpoint needed)",
+    )
+    p.add_argument("run", help="run folder written by 'medseg train'")
+    p.add_argument("-o", "--output", required=True, help="new folder for the networks and medseg_export.json")
+    p.add_argument("--format", default="torchscript", choices=["torchscript", "onnx"])
+    p.add_argument("--checkpoint", default="best.pt", choices=["best.pt", "last.pt"])
     p.set_defaults(overrides=[])
 
     p = sub.add_parser("evaluate", help="score predicted label maps against ground truth")

@@ -253,7 +253,8 @@ class Compare2DConfig:
     model, which train from scratch less stably than the semantic networks; null keeps ``train.lr``.
     ``backbone`` is the ResNet under the FPN of Mask R-CNN and the panoptic model; ``backbone_norm``
     ``group`` (GroupNorm) trains from scratch with small batches where BatchNorm's statistics are noisy;
-    ``fpn_channels`` is the width of the FPN and of the heads on it (the paper's 256, or narrower).
+    ``fpn_channels`` is the width of the FPN and of the heads on it (the paper's 256, or narrower);
+    ``detector_scale`` enlarges the slices inside the detectors (anchors in slice pixels scale with it).
     ``slice_size`` is the in-plane size every slice is padded or cropped to;
     ``val_slices_per_case`` evenly spaced axial slices of each validation case are scored.
     """
@@ -278,6 +279,7 @@ class Compare2DConfig:
     backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet50"
     backbone_norm: Literal["batch", "group"] = "batch"
     fpn_channels: int = 256
+    detector_scale: float = 1.0
 
 
 Command = Literal["train", "pretrain", "compare"]
@@ -625,6 +627,7 @@ def _check_compare(c: Compare2DConfig, model: ModelConfig) -> None:
                  getattr(c, key))
     _require(c.fpn_channels >= 32 and c.fpn_channels % 32 == 0, "compare.fpn_channels",
              "a multiple of 32 (GroupNorm's groups)", c.fpn_channels)
+    _require(1.0 <= c.detector_scale <= 4.0, "compare.detector_scale", "between 1 and 4", c.detector_scale)
     _require(c.detector_lr is None or c.detector_lr > 0, "compare.detector_lr", "null or a positive learning rate",
              c.detector_lr)
     _require(c.val_slices_per_case >= 1, "compare.val_slices_per_case", "at least 1", c.val_slices_per_case)

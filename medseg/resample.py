@@ -13,6 +13,9 @@ rotated grid) goes through ``grid_sample``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
 import numpy.typing as npt
 import torch
@@ -99,7 +102,77 @@ def _grid_sample_slabs(source: torch.Tensor, mapping: np.ndarray, dst_shape, sla
         yield start, F.grid_sample(source[None], grid, mode="bilinear", padding_mode="zeros", align_corners=True)[0]
 
 
+def _slabs(source: torch.Tensor, src_affine: npt.ArrayLike, dst_affine: npt.ArrayLike,
+           dst_shape: tuple[int, int, int], slab: int):
+    """Yield (start, [K, s, H, W]) slabs of [K, ...] ``source`` resampled onto the destination grid."""
+    mapping = np.linalg.inv(np.asarray(src_affine, dtype=np.float64)) @ np.asarray(dst_affine, dtype=np.float64)
+    order = _axis_permutation(mapping[:3, :3])
+    if order is not None:
+        return _separable_slabs(source, mapping, order, dst_shape, slab)
+    return _grid_sample_slabs(source, mapping, dst_shape, slab)
+
+
+def entropy(probabilities: torch.Tensor) -> torch.Tensor:
+    """Per-voxel entropy (nats) over the class axis 0: 0 where one class is certain, log K at most."""
+    p = probabilities.clamp_min(1e-12)
+    return -(p * p.log()).sum(0)
+
+
+@dataclass
+class GridResult:
+    """Labels on the destination grid, and the probabilities and entropy map when asked for."""
+
+    labels: np.ndarray
+    probabilities: np.ndarray | None = None
+    entropy: np.ndarray | None = None
+
+
 @torch.inference_mode()
+def average_to_grid(
+    sources: Sequence[tuple[torch.Tensor, npt.ArrayLike, int]],
+    dst_affine: npt.ArrayLike,
+    dst_shape: tuple[int, int, int],
+    keep_probabilities: bool = False,
+    with_entropy: bool = False,
+    max_slab_voxels: int = 2**19,
+) -> GridResult:
+    """The mean of several models' class probabilities on the destination grid, slab by slab, then the
+    argmax. Each source is (the sum of ``members`` models' [K, ...] probabilities on one grid, that
+    grid's affine, ``members``): models that share a grid are summed there first, so an ensemble keeps
+    one probability volume per distinct grid, not one per model. Voxels outside a source's grid count
+    as background for it. Returns uint8 labels, and if asked float16 probabilities [K, *dst_shape] and
+    the float32 entropy of the mean."""
+    d, h, w = (int(s) for s in dst_shape)
+    members = sum(count for _, _, count in sources)
+    labels = np.empty((d, h, w), dtype=np.uint8)
+    classes = sources[0][0].shape[0]
+    kept = np.empty((classes, d, h, w), dtype=np.float16) if keep_probabilities else None
+    uncertainty = np.empty((d, h, w), dtype=np.float32) if with_entropy else None
+    slab = max(1, max_slab_voxels // max(h * w, 1))
+    shifted = []
+    for probabilities, _, count in sources:
+        source = probabilities.float()
+        source[0] -= float(count)  # zero padding outside the grid then reads as background
+        shifted.append(source)
+    generators = [_slabs(source, affine, dst_affine, (d, h, w), slab)
+                  for source, (_, affine, _) in zip(shifted, sources)]
+    for parts in zip(*generators):
+        start = parts[0][0]
+        out = parts[0][1] if len(parts) == 1 else torch.stack([part for _, part in parts]).sum(0)
+        out[0] += float(members)
+        out /= members
+        stop = start + out.shape[1]
+        labels[start:stop] = class_argmax(out).cpu().numpy()
+        if kept is not None:
+            kept[:, start:stop] = out.cpu().numpy()
+        if uncertainty is not None:
+            uncertainty[start:stop] = entropy(out).cpu().numpy()
+    for source, (probabilities, _, count) in zip(shifted, sources):
+        if source.data_ptr() == probabilities.data_ptr():  # ``float()`` returned the caller's tensor
+            source[0] += float(count)
+    return GridResult(labels, kept, uncertainty)
+
+
 def probabilities_to_grid(
     probabilities: torch.Tensor,
     src_affine: npt.ArrayLike,
@@ -113,24 +186,6 @@ def probabilities_to_grid(
     Voxels of the destination that fall outside the source grid (e.g. cropped-away air) are
     background. Returns uint8 labels and, if asked, float16 probabilities [K, *dst_shape].
     """
-    mapping = np.linalg.inv(np.asarray(src_affine, dtype=np.float64)) @ np.asarray(dst_affine, dtype=np.float64)
-    d, h, w = (int(s) for s in dst_shape)
-    labels = np.empty((d, h, w), dtype=np.uint8)
-    kept = np.empty((probabilities.shape[0], d, h, w), dtype=np.float16) if keep_probabilities else None
-    # Shift background by -1 so that zero padding outside the source grid reads as background = 1.
-    source = probabilities.float()
-    source[0] -= 1.0
-    slab = max(1, max_slab_voxels // max(h * w, 1))
-    order = _axis_permutation(mapping[:3, :3])
-    slabs = (
-        _separable_slabs(source, mapping, order, (d, h, w), slab)
-        if order is not None
-        else _grid_sample_slabs(source, mapping, (d, h, w), slab)
-    )
-    for start, out in slabs:
-        out[0] += 1.0
-        labels[start : start + out.shape[1]] = class_argmax(out).cpu().numpy()
-        if kept is not None:
-            kept[:, start : start + out.shape[1]] = out.cpu().numpy()
-    source[0] += 1.0  # ``source`` may share memory with the caller's tensor
-    return labels, kept
+    result = average_to_grid([(probabilities, src_affine, 1)], dst_affine, dst_shape, keep_probabilities,
+                             max_slab_voxels=max_slab_voxels)
+    return result.labels, result.probabilities

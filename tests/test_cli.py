@@ -125,7 +125,8 @@ def test_train_infer_evaluate_round_trip(phantom_dir, tiny_run, tmp_path, capsys
     images = tmp_path / "images"
     shutil.copytree(phantom_dir / "imagesTr", images)
     assert main(["infer", "--model", str(tiny_run), "-i", str(images), "-o", str(pred), "--no-progress"]) == 0
-    assert sorted(p.name for p in pred.iterdir()) == sorted(p.name for p in (phantom_dir / "labelsTr").iterdir())
+    assert sorted(p.name for p in pred.glob("*.nii.gz")) == sorted(p.name for p in (phantom_dir / "labelsTr").iterdir())
+    assert (pred / "infer_summary.json").is_file()  # a folder of cases is a batch with a summary
     metrics = tmp_path / "metrics.json"
     assert main(["evaluate", "--pred", str(pred), "--gt", str(phantom_dir / "labelsTr"),
                  "--dataset", str(phantom_dir), "-o", str(metrics)]) == 0

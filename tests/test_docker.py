@@ -36,3 +36,16 @@ def test_runs_as_non_root_with_medseg_entrypoint():
     users = re.findall(r"^USER\s+(\S+)", text, flags=re.M)
     assert users and users[-1] not in ("root", "0")
     assert re.search(r'^ENTRYPOINT \["medseg"\]', text, flags=re.M)
+
+
+def test_apptainer_builds_without_a_docker_daemon_from_the_same_base_and_install():
+    definition = (ROOT / "docker" / "apptainer.def").read_text(encoding="utf-8")
+    dockerfile = DOCKERFILE.read_text(encoding="utf-8")
+    assert re.search(r"^Bootstrap: docker$", definition, flags=re.M)  # a registry image, not docker-daemon
+    (base,) = re.findall(r"^FROM (\S+)", dockerfile, flags=re.M)
+    assert re.search(rf"^From: {re.escape(base)}$", definition, flags=re.M)
+    assert "PIP_CONSTRAINT=constraints.txt" in definition and "constraints.txt /opt/medseg/" in definition
+    for copied in re.findall(r"^COPY (.+) \./", dockerfile, flags=re.M):
+        for name in copied.split():
+            assert f"    {name} /opt/medseg/{name}" in definition, name
+    assert re.search(r'^\s+exec medseg "\$@"$', definition, flags=re.M)

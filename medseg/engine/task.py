@@ -7,6 +7,8 @@ Hyperparameters come from the config, never from subclasses.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -26,7 +28,8 @@ class Task(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return next(self.parameters()).device
+        """Where the task's tensors live (an exported network may hold buffers only)."""
+        return next(itertools.chain(self.parameters(), self.buffers())).device
 
     @property
     def score_names(self) -> list[str]:

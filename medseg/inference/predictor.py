@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,16 +10,17 @@ import nibabel as nib
 import numpy as np
 import torch
 from monai.transforms import Compose
-from tqdm import tqdm
 
 from medseg.config import Config, config_from_dict
 from medseg.data.datasets import list_inputs
 from medseg.data.transforms import preprocessing
 from medseg.engine.checkpoint import load_checkpoint
 from medseg.errors import MedsegError
-from medseg.io import Volume, atomic_output, case_id, read_volume, write_volume
+from medseg.inference.batch import BatchReport, predict_batch
+from medseg.inference.exported import is_export, load_networks, read_sidecar
+from medseg.io import Volume, read_volume
 from medseg.regions import bounding_box
-from medseg.resample import probabilities_to_grid
+from medseg.resample import average_to_grid, probabilities_to_grid
 from medseg.strategies import STRATEGIES, build_segmenter
 
 
@@ -37,12 +36,14 @@ def resolve_device(name: str) -> torch.device:
 
 @dataclass
 class CasePrediction:
-    """Labels (uint8) on the input's own grid; probabilities [K, ...] float16 when asked for."""
+    """Labels (uint8) on the input's own grid; probabilities [K, ...] float16 and the per-voxel entropy
+    of the probabilities (float32, nats) when asked for."""
 
     labels: np.ndarray
     affine: np.ndarray
     header: nib.Nifti1Header | None
     probabilities: np.ndarray | None = None
+    entropy: np.ndarray | None = None
 
 
 def _checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
@@ -58,14 +59,29 @@ def _checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
     return path
 
 
+def original_grid(image: Any) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """The affine and shape of the scan a preprocessed image (a MONAI MetaTensor) came from."""
+    d, h, w = (int(s) for s in image.meta["spatial_shape"])
+    return image.meta["original_affine"].numpy(), (d, h, w)
+
+
 class Predictor:
-    """Loads a run folder's checkpoint (weights only) and the resolved config it was trained with."""
+    """Loads a run folder's checkpoint (weights only) and the resolved config it was trained with, or an
+    export folder's networks and sidecar (``medseg export``), and predicts alike from either."""
 
     def __init__(
         self, run_dir: str | Path, device: str = "auto", checkpoint: str = "best.pt", overrides: list[str] | None = None
     ) -> None:
-        state = load_checkpoint(_checkpoint_path(Path(run_dir), checkpoint))
-        saved = config_from_dict(state["config"])
+        run_dir = Path(run_dir)
+        sidecar: dict[str, Any] | None = None
+        state: dict[str, Any] | None = None
+        if is_export(run_dir):
+            sidecar = read_sidecar(run_dir)
+            saved_config = sidecar["config"]
+        else:
+            state = load_checkpoint(_checkpoint_path(run_dir, checkpoint))
+            saved_config = state["config"]
+        saved = config_from_dict(saved_config)
         if saved.command != "train":
             raise MedsegError(
                 f"{run_dir}: a 'medseg {saved.command}' run, not a segmentation model from 'medseg train'"
@@ -75,10 +91,14 @@ class Predictor:
         for item in overrides or []:
             if not item.startswith(allowed):
                 raise MedsegError(f"override '{item}': at inference only {', '.join(allowed)}* keys can change")
-        self.config: Config = config_from_dict(state["config"], overrides)
+        self.config: Config = config_from_dict(saved_config, overrides)
         self.device = resolve_device(device)
         self.segmenter = build_segmenter(self.config)
-        self.segmenter.load_state_dict(state["model"])
+        if sidecar is not None:  # an export: its networks, no checkpoint and no training state
+            self.segmenter.use_exported(load_networks(run_dir, sidecar, self.device))
+        else:
+            assert state is not None
+            self.segmenter.load_state_dict(state["model"])
         self.segmenter.to(self.device).eval()
         self.preprocess = Compose(preprocessing(self.config.data, with_label=False)
                                   + self.segmenter.grid_transforms(with_label=False))
@@ -97,9 +117,19 @@ class Predictor:
     def class_names(self) -> list[str]:
         return list(self.config.data.class_names or [])
 
-    def predict_file(self, path: str | Path, keep_probabilities: bool = False) -> CasePrediction:
+    def predict_file(self, path: str | Path, keep_probabilities: bool = False,
+                     with_entropy: bool = False) -> CasePrediction:
         """Read a scan once, predict it, and keep its NIfTI header for the output."""
         volume = read_volume(path)
+        if with_entropy:
+            if self.refiner is not None:
+                raise MedsegError("--save-uncertainty: not available for a cascade (lowres.refine_run)")
+            image = self.preprocess({"image": volume})["image"]
+            grid = self.segmenter.segment(image.as_tensor()).probabilities
+            original_affine, shape = original_grid(image)
+            result = average_to_grid([(grid, image.affine.numpy(), 1)], original_affine, shape, keep_probabilities,
+                                     with_entropy=True)
+            return CasePrediction(result.labels, original_affine, volume.header, result.probabilities, result.entropy)
         labels, probabilities, affine = self.predict_case(volume, keep_probabilities)
         return CasePrediction(labels, affine, volume.header, probabilities)
 
@@ -113,9 +143,7 @@ class Predictor:
             source = read_volume(source)  # read once: the cascade crops the same voxels again
         image = self.preprocess({"image": source})["image"]
         grid_affine = image.affine.numpy()
-        original_affine = image.meta["original_affine"].numpy()
-        d, h, w = (int(s) for s in image.meta["spatial_shape"])
-        original_shape = (d, h, w)
+        original_affine, original_shape = original_grid(image)
         prediction = self.segmenter.segment(image.as_tensor())
         del image
         labels, probabilities = probabilities_to_grid(
@@ -147,47 +175,10 @@ class Predictor:
             probabilities[(slice(None), *box)] = inner_probabilities
         return refined, probabilities
 
-    def predict_paths(self, inputs: str | Path, output_dir: str | Path, **options: Any) -> list[Path]:
-        """Predict an image file, a DICOM folder or a folder of images (see ``predict_files``)."""
-        return self.predict_files(list_inputs(inputs), output_dir, **options)
+    def predict_paths(self, inputs: str | Path, output_dir: str | Path, **options: Any) -> BatchReport:
+        """Predict an image file, a DICOM folder or a folder of images (see ``predict_batch``)."""
+        return predict_batch(self, list_inputs(inputs), output_dir, **options)
 
-    def predict_files(
-        self,
-        files: list[Path],
-        output_dir: str | Path,
-        overwrite: bool = False,
-        save_probabilities: bool = False,
-        progress: bool = True,
-        log: Callable[[str], None] = print,
-    ) -> list[Path]:
-        """Predict each file into ``output_dir/<case>.nii.gz`` (uint8 labels, the input's geometry).
-
-        All output names are checked before any work starts: existing outputs are kept unless
-        ``overwrite``; an output that would replace one of the inputs is always refused.
-        """
-        output_dir = Path(output_dir)
-        targets = [output_dir / f"{case_id(f)}.nii.gz" for f in files]
-        if len(set(targets)) != len(targets):
-            raise MedsegError(f"{output_dir}: several inputs map to the same case name; rename them")
-        sources = {f.resolve() for f in files}
-        for target in targets:
-            if target.resolve() in sources:
-                raise MedsegError(f"{target}: output would overwrite an input image; choose another -o folder")
-            if target.exists() and not overwrite:
-                raise MedsegError(f"{target}: already exists; pass --overwrite to replace it")
-        written = []
-        bar = tqdm(list(zip(files, targets)), desc="infer", unit="case", disable=None if progress else True)
-        for source, target in bar:
-            start = time.perf_counter()
-            result = self.predict_file(source, keep_probabilities=save_probabilities)
-            write_volume(target, result.labels, result.affine, reference_header=result.header)
-            if result.probabilities is not None:
-                npz = target.with_name(f"{case_id(source)}_probabilities.npz")
-                with atomic_output(npz) as tmp, open(tmp, "wb") as f:
-                    np.savez_compressed(
-                        f, probabilities=result.probabilities, affine=result.affine, class_names=self.class_names
-                    )
-            written.append(target)
-            message = f"{source.name} -> {target} ({time.perf_counter() - start:.1f} s)"
-            bar.write(message) if not bar.disable else log(message)
-        return written
+    def predict_files(self, files: list[Path], output_dir: str | Path, **options: Any) -> BatchReport:
+        """Predict each file into ``output_dir/<case>.nii.gz`` (see ``predict_batch``)."""
+        return predict_batch(self, files, output_dir, **options)

@@ -56,7 +56,9 @@ def build_detector(settings: Compare2DConfig, num_things: int) -> MaskRCNN:
     ``compare.slice_size``, with no pretrained weights.
 
     The default transform would rescale a 128-pixel slice to 800 pixels; min/max size equal to the
-    slice keeps it as it is. The anchors (``compare.anchor_sizes``, ``compare.aspect_ratios``) and the
+    slice keeps it as it is, and ``compare.detector_scale`` enlarges it (organ sections a few pixels
+    wide then span more than one cell of the finest FPN level); detections come back at slice size.
+    The anchors (``compare.anchor_sizes``, ``compare.aspect_ratios``) and the
     anchors and proposals sampled per image replace the values made for 800-pixel photos; the
     workflow plans them from the training slices before any detector is built for training.
     At most ``compare.detections_per_image`` detections are kept per image. ``compare.maskrcnn_v2`` takes
@@ -79,7 +81,9 @@ def build_detector(settings: Compare2DConfig, num_things: int) -> MaskRCNN:
                                [stage2 * 2 ** (k - 1) for k in range(1, 5)], channels,
                                extra_blocks=LastLevelMaxPool(), norm_layer=norm if settings.maskrcnn_v2 else None)
     # One anchor size per FPN level, as many anchors per location as torchvision's default.
-    anchors = AnchorGenerator(tuple((s,) for s in settings.anchor_sizes), (tuple(settings.aspect_ratios),) * FPN_LEVELS)
+    scale = settings.detector_scale
+    anchors = AnchorGenerator(tuple((round(s * scale),) for s in settings.anchor_sizes),
+                              (tuple(settings.aspect_ratios),) * FPN_LEVELS)
     heads: dict[str, nn.Module] = {}
     if settings.maskrcnn_v2:
         heads = {
@@ -95,8 +99,8 @@ def build_detector(settings: Compare2DConfig, num_things: int) -> MaskRCNN:
         heads["mask_predictor"] = MaskRCNNPredictor(channels, channels, 1 + num_things)
         heads["box_predictor"] = FastRCNNPredictor(BOX_REPRESENTATION, 1 + num_things)
         classes = None
-    return MaskRCNN(backbone, num_classes=classes, min_size=min(settings.slice_size),
-                    max_size=max(settings.slice_size), image_mean=[0.0], image_std=[1.0],
+    return MaskRCNN(backbone, num_classes=classes, min_size=round(scale * min(settings.slice_size)),
+                    max_size=round(scale * max(settings.slice_size)), image_mean=[0.0], image_std=[1.0],
                     rpn_anchor_generator=anchors, box_detections_per_img=settings.detections_per_image,
                     rpn_batch_size_per_image=settings.rpn_samples_per_image,
                     box_batch_size_per_image=settings.roi_samples_per_image,

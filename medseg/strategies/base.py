@@ -8,6 +8,7 @@ from typing import ClassVar
 
 import torch
 from monai.transforms import Transform
+from torch import nn
 
 from medseg.config import Config
 from medseg.engine.pictures import overlay
@@ -87,6 +88,19 @@ class Segmenter(Task):
     def segment(self, image: torch.Tensor) -> VolumePrediction:
         """Segment one preprocessed image [C, D, H, W] on its own grid."""
         raise NotImplementedError
+
+    def exported_networks(self) -> list[tuple[nn.Module, tuple[int, ...]]]:
+        """The networks ``medseg export`` writes, each with the shape of one input it takes
+        ([1, channels, *spatial]); ``use_exported`` puts loaded exports in their place."""
+        return [(self.network, (1, 1, *self.network_input_size()))]
+
+    def network_input_size(self) -> list[int]:
+        """The spatial size of the network's input at inference (a window, or the whole grid)."""
+        raise NotImplementedError
+
+    def use_exported(self, networks: list[nn.Module]) -> None:
+        """Predict with exported networks (TorchScript or ONNX runtime) instead of the trained ones."""
+        (self.network,) = networks
 
     def cascade(self) -> Cascade | None:
         """The model that refines this one's prediction at inference, if the config names one."""

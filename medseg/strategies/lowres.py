@@ -30,6 +30,9 @@ class LowresSegmenter(Segmenter):
         self.grid_size = list(config.lowres.grid_size)
         self.network = build_network_3d(config.model, 1, self.num_classes, self.grid_size, size_key="lowres.grid_size")
 
+    def network_input_size(self) -> list[int]:
+        return self.grid_size
+
     def grid_transforms(self, with_label: bool) -> list[Transform]:
         keys = ("image", "label") if with_label else ("image",)
         # Labels by nearest neighbour for training; images by trilinear interpolation.

@@ -87,9 +87,19 @@ class SliceSegmenter(Segmenter):
         super().__init__(config)
         s = config.slice2d
         self.axes = list(s.axes)
-        in_channels = 2 * s.context_slices + 1
+        self.in_channels = 2 * s.context_slices + 1
         count = 1 if s.shared_model else len(self.axes)
-        networks = [build_network_2d(config.model, in_channels, self.num_classes, s.patch_size) for _ in range(count)]
+        networks = [build_network_2d(config.model, self.in_channels, self.num_classes, s.patch_size)
+                    for _ in range(count)]
+        self.network = AxisNetworks(networks, self.axes)
+
+    def exported_networks(self) -> list[tuple[nn.Module, tuple[int, ...]]]:
+        """Each axis's 2D network (one if shared), taking [1, 2k+1, *slice2d.patch_size] slices."""
+        assert isinstance(self.network, AxisNetworks)
+        size = (1, self.in_channels, *self.config.slice2d.patch_size)
+        return [(network, size) for network in self.network.models]
+
+    def use_exported(self, networks: list[nn.Module]) -> None:
         self.network = AxisNetworks(networks, self.axes)
 
     def train_sampling(self) -> list[Transform]:

@@ -366,3 +366,19 @@ def test_panoptic_quality_counts_a_segment_on_an_empty_image_as_false():
     pq.add(PanopticResult(ids, [Segment(1, 1, True, 1)]), PanopticResult(torch.zeros(4, 4, dtype=torch.int32)))
     assert pq.compute() == {"PQ": 0.0, "SQ": 0.0, "RQ": 0.0}
     assert np.isnan(PanopticQuality(2).compute()["PQ"])
+
+
+def test_an_enlarged_detector_input_still_answers_at_slice_size(classes):
+    config = load_config(None, [*DETECTOR_PLAN, "compare.backbone=resnet18", "compare.detector_scale=2",
+                                f"compare.slice_size=[{SIZE},{SIZE}]"], command="compare")
+    for name in ("maskrcnn", "panoptic"):
+        torch.manual_seed(0)
+        model = build_model_2d(name, config, classes)
+        detector = model.network.detector if name == "panoptic" else model.network
+        assert detector.transform.min_size == (2 * SIZE,)
+        assert detector.rpn.anchor_generator.sizes[0] == (16,)  # 8 slice pixels, twice as large
+        losses = model.train().training_step({"image": image_of(scene()), "label": scene()[None, None]})
+        assert all(torch.isfinite(v) for v in losses.values())
+        (prediction,) = model.eval().predict(image_of(scene()))
+        assert prediction.semantic.shape == (classes.num_classes, SIZE, SIZE)
+        assert prediction.instances is not None and prediction.instances.masks.shape[-2:] == (SIZE, SIZE)

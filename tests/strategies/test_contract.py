@@ -139,3 +139,22 @@ class TestSegmenterContract:
         second.load_state_dict(first.state_dict())
         image = _on_grid(first, {"image": torch.randn((1, 1, 32, 32, 32))})["image"][0]
         torch.testing.assert_close(first.segment(image).probabilities, second.segment(image).probabilities)
+
+
+@pytest.mark.parametrize("strategy, extra", VARIANTS, ids=[f"{s}-{'-'.join(e)}" for s, e in VARIANTS])
+def test_exported_networks_predict_as_the_trained_ones(strategy, extra, tmp_path):
+    """``medseg export``'s TorchScript networks, loaded back in place of the trained ones, segment alike."""
+    from medseg.inference.exported import load_networks
+    from medseg.inference.exporter import write_network
+
+    segmenter = _segmenter(strategy, extra).eval()
+    volume = _on_grid(segmenter, {"image": _batch()["image"]})["image"][0].as_tensor()
+    expected = segmenter.segment(volume).probabilities
+    entries = []
+    for index, (network, shape) in enumerate(segmenter.exported_networks()):
+        write_network(network, shape, tmp_path / f"network_{index}.pt", "torchscript")
+        entries.append({"file": f"network_{index}.pt"})
+    segmenter.use_exported(load_networks(tmp_path, {"format": "torchscript", "networks": entries}, torch.device("cpu")))
+    used = [network for network, _ in segmenter.exported_networks()]
+    assert used and all(isinstance(network, torch.jit.ScriptModule) for network in used)
+    torch.testing.assert_close(segmenter.segment(volume).probabilities, expected, atol=1e-4, rtol=1e-4)
