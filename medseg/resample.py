@@ -158,7 +158,9 @@ def average_to_grid(
                   for source, (_, affine, _) in zip(shifted, sources)]
     for parts in zip(*generators):
         start = parts[0][0]
-        out = parts[0][1] if len(parts) == 1 else torch.stack([part for _, part in parts]).sum(0)
+        out = parts[0][1]
+        for _, part in parts[1:]:  # summed in place: no stacked copy of every source's slab
+            out += part
         out[0] += float(members)
         out /= members
         stop = start + out.shape[1]

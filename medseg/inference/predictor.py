@@ -20,7 +20,7 @@ from medseg.inference.batch import BatchReport, predict_batch
 from medseg.inference.exported import is_export, load_networks, read_sidecar
 from medseg.io import Volume, read_volume
 from medseg.regions import bounding_box
-from medseg.resample import average_to_grid, probabilities_to_grid
+from medseg.resample import GridResult, average_to_grid
 from medseg.strategies import STRATEGIES, build_segmenter
 
 
@@ -121,38 +121,33 @@ class Predictor:
                      with_entropy: bool = False) -> CasePrediction:
         """Read a scan once, predict it, and keep its NIfTI header for the output."""
         volume = read_volume(path)
-        if with_entropy:
-            if self.refiner is not None:
-                raise MedsegError("--save-uncertainty: not available for a cascade (lowres.refine_run)")
-            image = self.preprocess({"image": volume})["image"]
-            grid = self.segmenter.segment(image.as_tensor()).probabilities
-            original_affine, shape = original_grid(image)
-            result = average_to_grid([(grid, image.affine.numpy(), 1)], original_affine, shape, keep_probabilities,
-                                     with_entropy=True)
-            return CasePrediction(result.labels, original_affine, volume.header, result.probabilities, result.entropy)
-        labels, probabilities, affine = self.predict_case(volume, keep_probabilities)
-        return CasePrediction(labels, affine, volume.header, probabilities)
+        result, affine = self.predict_case(volume, keep_probabilities, with_entropy)
+        return CasePrediction(result.labels, affine, volume.header, result.probabilities, result.entropy)
 
     def predict_case(
-        self, source: Path | Volume, keep_probabilities: bool = False
-    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        self, source: Path | Volume, keep_probabilities: bool = False, with_entropy: bool = False
+    ) -> tuple[GridResult, np.ndarray]:
         """Preprocess as in training, segment, and resample class probabilities back to the grid of
-        ``source`` (a file or an in-memory Volume): labels, optionally probabilities, and that grid's
-        affine. With a cascade the refining model predicts again inside the region found here."""
-        if self.refiner is not None and not isinstance(source, Volume):
-            source = read_volume(source)  # read once: the cascade crops the same voxels again
+        ``source`` (a file or an in-memory Volume): labels, optionally probabilities and their entropy,
+        and that grid's affine. With a cascade the refining model predicts again inside the region
+        found here."""
+        if self.refiner is not None:
+            if with_entropy:
+                raise MedsegError("--save-uncertainty: not available for a cascade (lowres.refine_run)")
+            if not isinstance(source, Volume):
+                source = read_volume(source)  # read once: the cascade crops the same voxels again
         image = self.preprocess({"image": source})["image"]
         grid_affine = image.affine.numpy()
         original_affine, original_shape = original_grid(image)
         prediction = self.segmenter.segment(image.as_tensor())
         del image
-        labels, probabilities = probabilities_to_grid(
-            prediction.probabilities, grid_affine, original_affine, original_shape, keep_probabilities
-        )
+        result = average_to_grid([(prediction.probabilities, grid_affine, 1)], original_affine, original_shape,
+                                 keep_probabilities, with_entropy)
         if self.refiner is not None:
             assert isinstance(source, Volume)
-            labels, probabilities = self._refine(source, labels, probabilities, original_affine, keep_probabilities)
-        return labels, probabilities, original_affine
+            result.labels, result.probabilities = self._refine(source, result.labels, result.probabilities,
+                                                               original_affine, keep_probabilities)
+        return result, original_affine
 
     def _refine(self, source: Volume, labels: np.ndarray, probabilities: np.ndarray | None, affine: np.ndarray,
                 keep_probabilities: bool) -> tuple[np.ndarray, np.ndarray | None]:
@@ -166,7 +161,8 @@ class Predictor:
         crop_affine = affine.copy()
         crop_affine[:3, 3] = affine[:3, :3] @ low + affine[:3, 3]
         crop = Volume(np.ascontiguousarray(source.array[box]), crop_affine)
-        inner_labels, inner_probabilities, _ = self.refiner.predict_case(crop, keep_probabilities)
+        inner, _ = self.refiner.predict_case(crop, keep_probabilities)
+        inner_labels, inner_probabilities = inner.labels, inner.probabilities
         refined = np.zeros_like(labels)
         refined[box] = inner_labels
         if probabilities is not None:
