@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip cases whose prediction already exists and is complete (an interrupted batch)")
     p.add_argument("--num-parts", type=int, default=1, help="split the inputs into this many parts (array jobs)")
     p.add_argument("--part-id", type=int, default=0, help="which part this process predicts, from 0")
+    p.add_argument("--output-format", default="nifti", choices=["nifti", "dicom-seg", "rtstruct"],
+                   help="nifti: <case>.nii.gz for any input; for DICOM series also dicom-seg (<case>_seg.dcm) or "
+                        "rtstruct (<case>_rtstruct.dcm), referring to the source slices")
     p.add_argument("--save-probabilities", action="store_true", help="also write <case>_probabilities.npz")
     p.add_argument("--save-uncertainty", action="store_true",
                    help="also write <case>_entropy.nii.gz: the per-voxel entropy of the (mean) probabilities")

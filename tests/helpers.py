@@ -75,3 +75,48 @@ def write_dicom_series(folder, array, spacing, origin):
             piece.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
         writer.Execute(piece)
+
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def write_ct_series(folder: Path, frames: np.ndarray, orientation=(1, 0, 0, 0, 1, 0), pixel_spacing=(0.8, 1.1),
+                    slice_spacing: float = 2.5, origin=(-30.0, -20.0, 40.0), reverse_files: bool = False) -> list:
+    """A CT series as scanners write it (pydicom, one file per slice, every header a SEG or RTSTRUCT needs):
+    ``frames`` [slices, rows, columns] are the stored pixels; slice k sits at ``origin + k * slice_spacing``
+    along the normal of ``orientation``. Returns the datasets in slice order."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True)
+    row_direction, column_direction = np.array(orientation[:3], float), np.array(orientation[3:], float)
+    normal = np.cross(row_direction, column_direction)
+    study, series, frame_of_reference = generate_uid(), generate_uid(), generate_uid()
+    written = []
+    for k, pixels in enumerate(frames):
+        ds = pydicom.Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Phantom^Test", "P001", "19700101", "O"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame_of_reference
+        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20260101", "120000", "1", "A1"
+        ds.ReferringPhysicianName, ds.Manufacturer = "", "test"
+        ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CT", 3, k + 1
+        ds.PositionReferenceIndicator = ""
+        ds.ImageOrientationPatient = [f"{v:.6f}" for v in orientation]
+        position = np.array(origin) + k * slice_spacing * normal
+        ds.ImagePositionPatient = [f"{v:.4f}" for v in position]
+        ds.PixelSpacing = [str(s) for s in pixel_spacing]
+        ds.SliceThickness = str(slice_spacing)
+        ds.Rows, ds.Columns = pixels.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope, ds.ImageType = "0", "1", ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.PixelData = np.ascontiguousarray(pixels.astype(np.int16)).tobytes()
+        index = len(frames) - 1 - k if reverse_files else k  # file order need not be slice order
+        ds.save_as(folder / f"IM{index:04d}.dcm", enforce_file_format=True)
+        written.append(ds)
+    return written

@@ -20,6 +20,10 @@ import numpy as np
 from tqdm import tqdm
 
 from medseg.errors import MedsegError
+from medseg.inference.dicom_seg import write_dicom_seg
+from medseg.inference.dicom_source import read_source_series
+from medseg.inference.output_formats import check_output_format, dicom_output_is_complete, output_name
+from medseg.inference.rtstruct import write_rtstruct
 from medseg.io import atomic_output, case_id, write_volume
 
 Status = Literal["written", "skipped", "failed"]
@@ -86,9 +90,12 @@ def summary_name(num_parts: int, part_id: int) -> str:
     return "infer_summary.json" if num_parts == 1 else f"infer_summary_part{part_id}of{num_parts}.json"
 
 
-def output_is_complete(path: Path) -> bool:
-    """Whether ``path`` is a readable NIfTI volume or ``.npz`` archive (outputs are written atomically:
-    one that exists under its final name was written whole, unless something else put it there)."""
+def output_is_complete(path: Path, output_format: str = "nifti") -> bool:
+    """Whether ``path`` is a readable NIfTI volume, ``.npz`` archive or DICOM object of ``output_format``
+    (outputs are written atomically: one that exists under its final name was written whole, unless
+    something else put it there)."""
+    if path.suffix == ".dcm":
+        return dicom_output_is_complete(path, output_format)
     if path.suffix == ".npz":
         try:
             with np.load(path) as archive:
@@ -108,6 +115,9 @@ class CaseModel(Protocol):
 
     @property
     def class_names(self) -> list[str]: ...
+
+    @property
+    def name(self) -> str: ...
 
     def predict_file(self, path: str | Path, keep_probabilities: bool = False,
                      with_entropy: bool = False) -> Any: ...
@@ -133,8 +143,10 @@ def predict_batch(
     skip_complete: bool = False,
     keep_going: bool = False,
     summary: Path | None = None,
+    output_format: str = "nifti",
 ) -> BatchReport:
-    """Predict each file into ``output_dir/<case>.nii.gz`` (uint8 labels, the input's geometry).
+    """Predict each file into ``output_dir/<case>.nii.gz`` (uint8 labels, the input's geometry), or for
+    DICOM series into ``<case>_seg.dcm`` / ``<case>_rtstruct.dcm`` (``output_format``).
 
     All output names are checked before any work starts: an output that would replace one of the
     inputs is always refused; an existing output is refused unless ``overwrite``, or skipped when
@@ -143,7 +155,8 @@ def predict_batch(
     The report is also written to ``summary`` after every case when given.
     """
     output_dir = Path(output_dir)
-    targets = [output_dir / f"{case_id(f)}.nii.gz" for f in files]
+    check_output_format(output_format, files)
+    targets = [output_dir / output_name(case_id(f), output_format) for f in files]
     if len(set(targets)) != len(targets):
         raise MedsegError(f"{output_dir}: several inputs map to the same case name; rename them")
     sources = {f.resolve() for f in files}
@@ -159,12 +172,12 @@ def predict_batch(
         paths = output_paths(target, source)
         wanted = [paths["labels"], *([paths["probabilities"]] if save_probabilities else []),
                   *([paths["entropy"]] if save_uncertainty else [])]
-        if skip_complete and not overwrite and all(output_is_complete(p) for p in wanted):
+        if skip_complete and not overwrite and all(output_is_complete(p, output_format) for p in wanted):
             report.add(CaseOutcome(str(source), str(target), "skipped"))
             continue
         start = time.perf_counter()
         try:
-            _predict_one(model, source, paths, save_probabilities, save_uncertainty)
+            _predict_one(model, source, paths, save_probabilities, save_uncertainty, output_format)
         except Exception as error:  # any failure of one case: recorded, and the batch goes on
             if not keep_going:
                 raise
@@ -179,9 +192,17 @@ def predict_batch(
 
 
 def _predict_one(model: CaseModel, source: Path, paths: dict[str, Path], save_probabilities: bool,
-                 save_uncertainty: bool) -> None:
+                 save_uncertainty: bool, output_format: str) -> None:
+    # The series' headers are read (and checked) before the network runs, so a series DICOM outputs
+    # cannot refer to fails at once.
+    series = read_source_series(source) if output_format != "nifti" else None
     result = model.predict_file(source, keep_probabilities=save_probabilities, with_entropy=save_uncertainty)
-    write_volume(paths["labels"], result.labels, result.affine, reference_header=result.header)
+    if series is None:
+        write_volume(paths["labels"], result.labels, result.affine, reference_header=result.header)
+    else:
+        frames = series.labels_on_frames(result.labels, result.affine)
+        writer = write_dicom_seg if output_format == "dicom-seg" else write_rtstruct
+        writer(paths["labels"], frames, series, model.class_names, model.name)
     if result.probabilities is not None:
         with atomic_output(paths["probabilities"]) as tmp, open(tmp, "wb") as f:
             np.savez_compressed(f, probabilities=result.probabilities, affine=result.affine,

@@ -72,6 +72,10 @@ class Ensemble:
         for member in self.members:
             groups.setdefault(_preprocessing_key(member), []).append(member)
         self.groups = list(groups.values())
+        parents = {run.resolve().parent.name for run in run_dirs}
+        # Folds of one parent are named after it; other ensembles after their members.
+        self.name = (f"{parents.pop()} ({len(run_dirs)} folds)" if len(parents) == 1 and len(run_dirs) > 1
+                     else "ensemble " + "+".join(m.name for m in self.members))
 
     @property
     def class_names(self) -> list[str]:

@@ -73,6 +73,7 @@ class Predictor:
         self, run_dir: str | Path, device: str = "auto", checkpoint: str = "best.pt", overrides: list[str] | None = None
     ) -> None:
         run_dir = Path(run_dir)
+        self.name = run_dir.resolve().name  # names the model in DICOM outputs
         sidecar: dict[str, Any] | None = None
         state: dict[str, Any] | None = None
         if is_export(run_dir):
