@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-uncertainty", action="store_true",
                    help="also write <case>_entropy.nii.gz: the per-voxel entropy of the (mean) probabilities")
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
+    p.add_argument("--no-prefetch", action="store_true",
+                   help="do not read the next scan while this one is predicted (one scan less in memory)")
     p.set_defaults(overrides=[])
 
     p = sub.add_parser(

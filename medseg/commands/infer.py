@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         model, files, output, overwrite=args.overwrite, save_probabilities=args.save_probabilities,
         save_uncertainty=args.save_uncertainty, progress=not args.no_progress, skip_complete=args.continue_batch,
         keep_going=batch, summary=output / summary_name(args.num_parts, args.part_id) if batch else None,
-        output_format=args.output_format,
+        output_format=args.output_format, prefetch=not args.no_prefetch,
     )
     part = f" (part {args.part_id} of {args.num_parts})" if args.num_parts > 1 else ""
     print(f"{output}{part}: {report.line()}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -24,7 +25,7 @@ from medseg.inference.dicom_seg import write_dicom_seg
 from medseg.inference.dicom_source import read_source_series
 from medseg.inference.output_formats import check_output_format, dicom_output_is_complete, output_name
 from medseg.inference.rtstruct import write_rtstruct
-from medseg.io import atomic_output, case_id, write_volume
+from medseg.io import Volume, atomic_output, case_id, read_volume, write_volume
 
 Status = Literal["written", "skipped", "failed"]
 
@@ -38,11 +39,13 @@ class CaseOutcome:
     status: Status
     seconds: float = 0.0
     error: str | None = None
+    stages: dict[str, float] = field(default_factory=dict)  # read, preprocess, network, resample, write
 
 
 @dataclass
 class BatchReport:
-    """Every case's outcome, in input order; written to ``summary_path`` after every case."""
+    """Every case's outcome (complete outputs found by ``--continue`` first, then the cases predicted, in
+    input order); written to ``summary_path`` after every case."""
 
     summary_path: Path | None = None
     outcomes: list[CaseOutcome] = field(default_factory=list)
@@ -119,7 +122,7 @@ class CaseModel(Protocol):
     @property
     def name(self) -> str: ...
 
-    def predict_file(self, path: str | Path, keep_probabilities: bool = False,
+    def predict_file(self, source: str | Path | Volume, keep_probabilities: bool = False,
                      with_entropy: bool = False) -> Any: ...
 
 
@@ -144,6 +147,7 @@ def predict_batch(
     keep_going: bool = False,
     summary: Path | None = None,
     output_format: str = "nifti",
+    prefetch: bool = True,
 ) -> BatchReport:
     """Predict each file into ``output_dir/<case>.nii.gz`` (uint8 labels, the input's geometry), or for
     DICOM series into ``<case>_seg.dcm`` / ``<case>_rtstruct.dcm`` (``output_format``).
@@ -152,7 +156,8 @@ def predict_batch(
     inputs is always refused; an existing output is refused unless ``overwrite``, or skipped when
     ``skip_complete`` and it is complete (``--continue``). With ``keep_going`` a case that fails is
     recorded and the batch goes on (``medseg infer`` on a folder); otherwise its error stops the batch.
-    The report is also written to ``summary`` after every case when given.
+    The report is also written to ``summary`` after every case when given. With ``prefetch`` the next
+    scan is read in a background thread while the current one is predicted.
     """
     output_dir = Path(output_dir)
     check_output_format(output_format, files)
@@ -166,37 +171,52 @@ def predict_batch(
         if target.exists() and not (overwrite or skip_complete):
             raise MedsegError(f"{target}: already exists; pass --overwrite to replace it or --continue to keep it")
     report = BatchReport(summary)
-    bar = tqdm(list(zip(files, targets)), desc="infer", unit="case", disable=None if progress else True)
-    say = bar.write if not bar.disable else log
-    for source, target in bar:
+    todo = []
+    for source, target in zip(files, targets):
         paths = output_paths(target, source)
         wanted = [paths["labels"], *([paths["probabilities"]] if save_probabilities else []),
                   *([paths["entropy"]] if save_uncertainty else [])]
         if skip_complete and not overwrite and all(output_is_complete(p, output_format) for p in wanted):
             report.add(CaseOutcome(str(source), str(target), "skipped"))
-            continue
-        start = time.perf_counter()
-        try:
-            _predict_one(model, source, paths, save_probabilities, save_uncertainty, output_format)
-        except Exception as error:  # any failure of one case: recorded, and the batch goes on
-            if not keep_going:
-                raise
-            message = str(error) if isinstance(error, MedsegError) else f"{type(error).__name__}: {error}"
-            report.add(CaseOutcome(str(source), str(target), "failed", time.perf_counter() - start, message))
-            say(f"{source.name}: FAILED: {message}")
-            continue
-        seconds = time.perf_counter() - start
-        report.add(CaseOutcome(str(source), str(target), "written", seconds))
-        say(f"{source.name} -> {target} ({seconds:.1f} s)")
+        else:
+            todo.append((source, target, paths))
+    bar = tqdm(todo, desc="infer", unit="case", disable=None if progress else True)
+    say = bar.write if not bar.disable else log
+    # One reader thread reads the next scan while this one is predicted (one more scan in memory).
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        pending: Future[Volume] | None = None
+        for index, (source, target, paths) in enumerate(bar):
+            start = time.perf_counter()
+            scan = pending if pending is not None else reader.submit(read_volume, source)
+            pending = reader.submit(read_volume, todo[index + 1][0]) if prefetch and index + 1 < len(todo) else None
+            try:
+                stages = _predict_one(model, source, scan, paths, save_probabilities, save_uncertainty, output_format)
+            except Exception as error:  # any failure of one case: recorded, and the batch goes on
+                if not keep_going:
+                    raise
+                message = str(error) if isinstance(error, MedsegError) else f"{type(error).__name__}: {error}"
+                report.add(CaseOutcome(str(source), str(target), "failed", time.perf_counter() - start, message))
+                say(f"{source.name}: FAILED: {message}")
+                continue
+            seconds = time.perf_counter() - start
+            report.add(CaseOutcome(str(source), str(target), "written", seconds, stages=stages))
+            say(f"{source.name} -> {target} ({seconds:.1f} s)")
     return report
 
 
-def _predict_one(model: CaseModel, source: Path, paths: dict[str, Path], save_probabilities: bool,
-                 save_uncertainty: bool, output_format: str) -> None:
+def _predict_one(model: CaseModel, source: Path, scan: Future[Volume], paths: dict[str, Path],
+                 save_probabilities: bool, save_uncertainty: bool, output_format: str) -> dict[str, float]:
+    """Predict one case from its scan being read by ``scan`` and write its outputs; returns the
+    seconds of each stage (``read`` is the wait for the reader)."""
     # The series' headers are read (and checked) before the network runs, so a series DICOM outputs
     # cannot refer to fails at once.
     series = read_source_series(source) if output_format != "nifti" else None
-    result = model.predict_file(source, keep_probabilities=save_probabilities, with_entropy=save_uncertainty)
+    start = time.perf_counter()
+    volume = scan.result()
+    waited = time.perf_counter() - start
+    result = model.predict_file(volume, keep_probabilities=save_probabilities, with_entropy=save_uncertainty)
+    stages = {"read": waited, **{k: v for k, v in result.seconds.items() if k != "read"}}
+    start = time.perf_counter()
     if series is None:
         write_volume(paths["labels"], result.labels, result.affine, reference_header=result.header)
     else:
@@ -209,3 +229,5 @@ def _predict_one(model: CaseModel, source: Path, paths: dict[str, Path], save_pr
                                 class_names=model.class_names)
     if result.entropy is not None:
         write_volume(paths["entropy"], result.entropy, result.affine, reference_header=result.header)
+    stages["write"] = time.perf_counter() - start
+    return stages

@@ -18,8 +18,8 @@ from medseg.config import config_to_dict
 from medseg.data.datasets import list_inputs
 from medseg.errors import MedsegError
 from medseg.inference.batch import BatchReport, predict_batch
-from medseg.inference.predictor import CasePrediction, Predictor, original_grid
-from medseg.io import read_volume
+from medseg.inference.predictor import CasePrediction, Predictor, StageClock, original_grid
+from medseg.io import Volume, read_volume
 from medseg.resample import average_to_grid
 
 FOLD_PREFIX = "fold_"
@@ -82,14 +82,19 @@ class Ensemble:
         return self.members[0].class_names
 
     @torch.inference_mode()
-    def predict_file(self, path: str | Path, keep_probabilities: bool = False,
+    def predict_file(self, source: str | Path | Volume, keep_probabilities: bool = False,
                      with_entropy: bool = False) -> CasePrediction:
-        """Read a scan once; each group of runs preprocesses it once and sums its members' probabilities."""
-        volume = read_volume(path)
+        """Read a scan once (or take one already read); each group of runs preprocesses it once and sums
+        its members' probabilities."""
+        seconds: dict[str, float] = {}
+        clock = StageClock(seconds)
+        volume = source if isinstance(source, Volume) else read_volume(source)
+        clock.lap("read")
         sources = []
         for group in self.groups:
             image = group[0].preprocess({"image": volume})["image"]
             affine, shape = original_grid(image)
+            clock.lap("preprocess")
             total = None
             for member in group:
                 probabilities = member.segmenter.segment(image.as_tensor()).probabilities
@@ -97,8 +102,10 @@ class Ensemble:
             assert total is not None
             sources.append((total, image.affine.numpy(), len(group)))
             del image
+            clock.lap("network")
         result = average_to_grid(sources, affine, shape, keep_probabilities, with_entropy)
-        return CasePrediction(result.labels, affine, volume.header, result.probabilities, result.entropy)
+        clock.lap("resample")
+        return CasePrediction(result.labels, affine, volume.header, result.probabilities, result.entropy, seconds)
 
     def predict_paths(self, inputs: str | Path, output_dir: str | Path, **options: Any) -> BatchReport:
         """Predict an image file, a DICOM folder or a folder of images (see ``predict_batch``)."""

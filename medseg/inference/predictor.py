@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,20 @@ from medseg.io import Volume, read_volume
 from medseg.regions import bounding_box
 from medseg.resample import GridResult, average_to_grid
 from medseg.strategies import STRATEGIES, build_segmenter
+
+
+class StageClock:
+    """Adds the seconds since the previous lap to ``seconds[stage]`` (nothing when ``seconds`` is None)."""
+
+    def __init__(self, seconds: dict[str, float] | None) -> None:
+        self.seconds = seconds
+        self.last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        if self.seconds is not None:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self.last
+        self.last = now
 
 
 def resolve_device(name: str) -> torch.device:
@@ -44,6 +59,7 @@ class CasePrediction:
     header: nib.Nifti1Header | None
     probabilities: np.ndarray | None = None
     entropy: np.ndarray | None = None
+    seconds: dict[str, float] = field(default_factory=dict)  # read, preprocess, network, resample
 
 
 def _checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
@@ -118,32 +134,40 @@ class Predictor:
     def class_names(self) -> list[str]:
         return list(self.config.data.class_names or [])
 
-    def predict_file(self, path: str | Path, keep_probabilities: bool = False,
+    def predict_file(self, source: str | Path | Volume, keep_probabilities: bool = False,
                      with_entropy: bool = False) -> CasePrediction:
-        """Read a scan once, predict it, and keep its NIfTI header for the output."""
-        volume = read_volume(path)
-        result, affine = self.predict_case(volume, keep_probabilities, with_entropy)
-        return CasePrediction(result.labels, affine, volume.header, result.probabilities, result.entropy)
+        """Read a scan once (or take one already read), predict it, and keep its NIfTI header for the
+        output; the prediction says how long each stage took."""
+        start = time.perf_counter()
+        volume = source if isinstance(source, Volume) else read_volume(source)
+        seconds = {"read": time.perf_counter() - start}
+        result, affine = self.predict_case(volume, keep_probabilities, with_entropy, seconds)
+        return CasePrediction(result.labels, affine, volume.header, result.probabilities, result.entropy, seconds)
 
     def predict_case(
-        self, source: Path | Volume, keep_probabilities: bool = False, with_entropy: bool = False
+        self, source: Path | Volume, keep_probabilities: bool = False, with_entropy: bool = False,
+        seconds: dict[str, float] | None = None,
     ) -> tuple[GridResult, np.ndarray]:
         """Preprocess as in training, segment, and resample class probabilities back to the grid of
         ``source`` (a file or an in-memory Volume): labels, optionally probabilities and their entropy,
         and that grid's affine. With a cascade the refining model predicts again inside the region
-        found here."""
+        found here. ``seconds`` receives the time of each stage."""
         if self.refiner is not None:
             if with_entropy:
                 raise MedsegError("--save-uncertainty: not available for a cascade (lowres.refine_run)")
             if not isinstance(source, Volume):
                 source = read_volume(source)  # read once: the cascade crops the same voxels again
+        clock = StageClock(seconds)
         image = self.preprocess({"image": source})["image"]
         grid_affine = image.affine.numpy()
         original_affine, original_shape = original_grid(image)
+        clock.lap("preprocess")
         prediction = self.segmenter.segment(image.as_tensor())
         del image
+        clock.lap("network")
         result = average_to_grid([(prediction.probabilities, grid_affine, 1)], original_affine, original_shape,
                                  keep_probabilities, with_entropy)
+        clock.lap("resample")
         if self.refiner is not None:
             assert isinstance(source, Volume)
             result.labels, result.probabilities = self._refine(source, result.labels, result.probabilities,

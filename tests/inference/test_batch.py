@@ -76,3 +76,19 @@ def test_part_settings_are_checked():
         select_part([Path(f) for f in files], 2, 2)
     with pytest.raises(MedsegError, match="--num-parts: at least 1"):
         select_part([Path(f) for f in files], 0, 0)
+
+
+def test_prefetching_the_next_scan_changes_nothing_but_time(tiny_run, tmp_path):
+    inputs = _scans(tmp_path / "in", ["a", "b", "c"])
+    (inputs / "b2.nii.gz").write_bytes(b"broken")  # read by the prefetching thread: fails alone
+    assert _infer(tiny_run, inputs, tmp_path / "ahead") == 1
+    assert _infer(tiny_run, inputs, tmp_path / "plain", "--no-prefetch") == 1
+    for name in ("a", "b", "c"):
+        ahead = (tmp_path / "ahead" / f"{name}.nii.gz").read_bytes()
+        assert ahead == (tmp_path / "plain" / f"{name}.nii.gz").read_bytes()
+    summary = json.loads((tmp_path / "ahead" / "infer_summary.json").read_text(encoding="utf-8"))
+    assert [case["status"] for case in summary["cases"]] == ["written", "written", "failed", "written"]
+    for case in summary["cases"]:
+        if case["status"] == "written":  # the time split of every case
+            assert set(case["stages"]) == {"read", "preprocess", "network", "resample", "write"}
+            assert sum(case["stages"].values()) <= case["seconds"] + 1e-6
