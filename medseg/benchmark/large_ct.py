@@ -1,0 +1,159 @@
+"""Large CTs through ``medseg infer``: time split and peak memory, with a 5-fold ensemble and DICOM SEG
+output, beside the MONAI bundle-style script (a benchmark, not a test).
+
+    python -m medseg.benchmark.large_ct --data ../shared/data --output bench_large [--slices 280,800,1600]
+
+``ct_example`` is resampled to 512x512x280 and extended head to foot (mirrored copies, the same slice
+spacing) to 800 and 1600 slices, so a longer scan covers a longer body as a real one does. Each scan
+is predicted by the command line itself, each in its own process so that its peak memory (VmHWM) is its
+own: one 8-class model writing NIfTI, and a 5-fold ensemble writing a DICOM SEG from the same scan
+stored as a DICOM series. Weights are random: speed and memory do not depend on them. Every row gives
+the case's time split (read, preprocess, network, resample back, write) from the batch summary and
+end-to-end over read + network + write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+
+from medseg.benchmark.inference_cases import LARGE_CT_OVERRIDES, make_large_ct, monai_reference, peak_rss_gb, random_run
+from medseg.inference.ensemble import FOLD_PREFIX
+
+STAGES = ("read", "preprocess", "network", "resample", "write")
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def tall_ct(base: Path, slices: int, target: Path) -> Path:
+    """``base`` extended along its last axis to ``slices`` slices by mirrored copies (continuous at the
+    joins), keeping its spacing: a longer field of view, as a longer scan has."""
+    image = sitk.ReadImage(str(base))
+    array = sitk.GetArrayFromImage(image)  # [z, y, x]
+    repeats = -(-slices // array.shape[0])
+    copies = [array[::-1] if k % 2 else array for k in range(repeats)]
+    tall = sitk.GetImageFromArray(np.concatenate(copies)[:slices])
+    tall.SetSpacing(image.GetSpacing())
+    tall.SetOrigin(image.GetOrigin())
+    tall.SetDirection(image.GetDirection())
+    sitk.WriteImage(tall, str(target), useCompression=True)
+    return target
+
+
+def write_series(volume_path: Path, folder: Path) -> Path:
+    """The scan as a CT DICOM series (one file per slice, the headers a SEG needs)."""
+    image = sitk.ReadImage(str(volume_path))
+    array = sitk.GetArrayFromImage(image).astype(np.int16)  # [z, rows, columns]
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    spacing = image.GetSpacing()
+    folder.mkdir(parents=True)
+    study, series, frame_of_reference = (str(generate_uid()) for _ in range(3))
+    for k, pixels in enumerate(array):
+        ds = pydicom.Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        instance = generate_uid()
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = UID(CT_IMAGE_STORAGE)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = instance
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Benchmark", "B1", "", ""
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame_of_reference
+        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "", "", "", "", ""
+        ds.Modality, ds.SeriesNumber, ds.InstanceNumber, ds.Manufacturer = "CT", 1, k + 1, ""
+        ds.PositionReferenceIndicator = ""
+        ds.ImageOrientationPatient = [f"{v:.6f}" for v in direction[:, :2].T.ravel()]
+        ds.ImagePositionPatient = [f"{v:.4f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k))]
+        ds.PixelSpacing = [f"{spacing[1]:.6f}", f"{spacing[0]:.6f}"]
+        ds.SliceThickness = f"{spacing[2]:.6f}"
+        ds.Rows, ds.Columns = pixels.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope = "0", "1"
+        ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+        ds.save_as(folder / f"IM{k:05d}.dcm", enforce_file_format=True)
+    return folder
+
+
+def measure_infer(spec: str) -> None:
+    """In this process: ``medseg infer`` on a folder of one case; print its time split and peak memory."""
+    from medseg.cli import main
+
+    options = json.loads(spec)
+    code = main(["infer", *options["args"], "--no-progress", "--no-prefetch"])
+    summary = json.loads((Path(options["output"]) / "infer_summary.json").read_text(encoding="utf-8"))
+    (case,) = summary["cases"]
+    print(json.dumps({"exit": code, "seconds": case["seconds"], "stages": case["stages"], "peak_gb": peak_rss_gb()}))
+
+
+def _child(flag: str, *values: str) -> dict:
+    result = subprocess.run([sys.executable, "-m", "medseg.benchmark.large_ct", flag, *values],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{flag} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _infer(models: list[Path], inputs: Path, output: Path, *extra: str) -> dict:
+    args = [arg for model in models for arg in ("--model", str(model))]
+    spec = {"args": [*args, "-i", str(inputs), "-o", str(output), *extra], "output": str(output)}
+    return _child("--measure-infer", json.dumps(spec))
+
+
+def _row(name: str, result: dict) -> str:
+    stages = result.get("stages", {})
+    split = " ".join(f"{s} {stages[s]:5.1f}" for s in STAGES if s in stages)
+    core = sum(stages.get(s, 0.0) for s in ("read", "network", "write"))
+    ratio = f", end-to-end {result['seconds'] / core:.2f}x read+network+write" if core else ""
+    return f"  {name:44s} {result['seconds']:6.1f} s, peak {result['peak_gb']:.2f} GB  [{split}]{ratio}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--output", type=Path, default=None, help="keep the generated files here")
+    parser.add_argument("--slices", default="280,800,1600", help="comma-separated slice counts of 512x512 scans")
+    parser.add_argument("--folds", type=int, default=5, help="members of the ensemble")
+    parser.add_argument("--monai-up-to", type=int, default=800, help="run the MONAI script up to this many slices")
+    parser.add_argument("--measure-infer", help=argparse.SUPPRESS)
+    parser.add_argument("--monai-reference", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure_infer:
+        return measure_infer(args.measure_infer)
+    if args.monai_reference:
+        return monai_reference(*args.monai_reference)
+
+    work = args.output or Path(tempfile.mkdtemp(prefix="medseg-large-ct-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"files in {work}; 8-class patch network (1.5x1.5x2 mm, 96^3 windows, overlap 0.25), random weights")
+    kbp = args.data / "openkbp_oar"
+    single = random_run("openkbp_patch", kbp, LARGE_CT_OVERRIDES, work / "run_single")
+    folds = work / "folds"
+    for k in range(args.folds):
+        random_run("openkbp_patch", kbp, LARGE_CT_OVERRIDES, folds / f"{FOLD_PREFIX}{k}", seed=k)
+    base = make_large_ct(args.data / "ct_example" / "example_ct.nii.gz", work / "base_280.nii.gz")
+    for slices in (int(s) for s in args.slices.split(",")):
+        case = work / f"ct_{slices}"
+        (case / "nifti").mkdir(parents=True)
+        nifti = tall_ct(base, slices, case / "nifti" / f"ct_{slices}.nii.gz")
+        write_series(nifti, case / "dicom" / f"ct_{slices}")
+        print(f"\n512x512x{slices}:", flush=True)
+        result = _infer([single], case / "nifti", case / "pred_single")
+        print(_row("medseg infer, 1 model -> NIfTI", result), flush=True)
+        print(_row(f"medseg infer, {args.folds}-fold ensemble -> DICOM SEG",
+                   _infer([folds], case / "dicom", case / "pred_ensemble_seg", "--output-format", "dicom-seg")),
+              flush=True)
+        if slices <= args.monai_up_to:
+            result = _child("--monai-reference", str(single), str(nifti), str(case / "pred_monai"))
+            print(_row("MONAI bundle-style script, 1 model -> NIfTI", result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
