@@ -25,6 +25,14 @@ def test_two_strategies_side_by_side(phantom_dir, tmp_path, capsys):
     svg = ElementTree.parse(output / "curves_step.svg").getroot()
     assert len(svg.findall("{http://www.w3.org/2000/svg}polyline")) == 2
     assert "![curves_step](curves_step.svg)" in report and capsys.readouterr().out.count("mean Dice") >= 1
+    # --reuse keeps finished runs and scores them again; a run that did not finish is refused.
+    kept = (output / "patch" / "last.pt").stat().st_mtime_ns
+    assert main(["--data", str(phantom_dir), "--strategies", "patch", "--output", str(output), "--reuse",
+                 *SMALL]) == 0
+    assert (output / "patch" / "last.pt").stat().st_mtime_ns == kept and "reused" in capsys.readouterr().out
+    (output / "lowres" / "validation" / "metrics.json").unlink()
+    assert main(["--data", str(phantom_dir), "--output", str(output), "--reuse", *SMALL]) == 1
+    assert "did not finish" in capsys.readouterr().err
 
 
 def test_refuses_unknown_strategies_and_used_folders(phantom_dir, tmp_path, capsys):
