@@ -7,9 +7,11 @@ output, beside the MONAI bundle-style script (a benchmark, not a test).
 spacing) to 800 and 1600 slices, so a longer scan covers a longer body as a real one does. Each scan
 is predicted by the command line itself, each in its own process so that its peak memory (VmHWM) is its
 own: one 8-class model writing NIfTI, and a 5-fold ensemble writing a DICOM SEG from the same scan
-stored as a DICOM series. Weights are random: speed and memory do not depend on them. Every row gives
-the case's time split (read, preprocess, network, resample back, write) from the batch summary and
-end-to-end over read + network + write.
+stored as a DICOM series (both without reading ahead, so the split is sequential). Last, a folder of
+three 280-slice scans is predicted with and without reading ahead (``--no-prefetch``), twice each.
+Weights are random: speed and memory do not depend on them. Every row gives the case's time split
+(read, preprocess, network, resample back, write) from the batch summary and end-to-end over
+read + network + write.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +30,14 @@ import SimpleITK as sitk
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
-from medseg.benchmark.inference_cases import LARGE_CT_OVERRIDES, make_large_ct, monai_reference, peak_rss_gb, random_run
+from medseg.benchmark.inference_cases import (
+    LARGE_CT_OVERRIDES,
+    LARGE_CT_SHAPE,
+    make_large_ct,
+    monai_reference,
+    peak_rss_gb,
+    random_run,
+)
 from medseg.inference.ensemble import FOLD_PREFIX
 
 STAGES = ("read", "preprocess", "network", "resample", "write")
@@ -83,14 +93,18 @@ def write_series(volume_path: Path, folder: Path) -> Path:
 
 
 def measure_infer(spec: str) -> None:
-    """In this process: ``medseg infer`` on a folder of one case; print its time split and peak memory."""
+    """In this process: ``medseg infer`` on a folder; print its wall time, the first case's time split
+    and the peak memory."""
     from medseg.cli import main
 
     options = json.loads(spec)
-    code = main(["infer", *options["args"], "--no-progress", "--no-prefetch"])
+    start = time.perf_counter()
+    code = main(["infer", *options["args"], "--no-progress"])
+    seconds = time.perf_counter() - start
     summary = json.loads((Path(options["output"]) / "infer_summary.json").read_text(encoding="utf-8"))
-    (case,) = summary["cases"]
-    print(json.dumps({"exit": code, "seconds": case["seconds"], "stages": case["stages"], "peak_gb": peak_rss_gb()}))
+    case = summary["cases"][0]
+    print(json.dumps({"exit": code, "seconds": seconds, "case_seconds": case["seconds"], "stages": case["stages"],
+                      "cases": len(summary["cases"]), "peak_gb": peak_rss_gb()}))
 
 
 def _child(flag: str, *values: str) -> dict:
@@ -108,11 +122,30 @@ def _infer(models: list[Path], inputs: Path, output: Path, *extra: str) -> dict:
 
 
 def _row(name: str, result: dict) -> str:
+    """One case: its seconds (the case itself, as the batch summary timed it), peak memory, split."""
     stages = result.get("stages", {})
+    seconds = result.get("case_seconds", result["seconds"])
     split = " ".join(f"{s} {stages[s]:5.1f}" for s in STAGES if s in stages)
     core = sum(stages.get(s, 0.0) for s in ("read", "network", "write"))
-    ratio = f", end-to-end {result['seconds'] / core:.2f}x read+network+write" if core else ""
-    return f"  {name:44s} {result['seconds']:6.1f} s, peak {result['peak_gb']:.2f} GB  [{split}]{ratio}"
+    ratio = f", end-to-end {seconds / core:.2f}x read+network+write" if core else ""
+    return f"  {name:44s} {seconds:6.1f} s, peak {result['peak_gb']:.2f} GB  [{split}]{ratio}"
+
+
+def prefetch_gain(scan: Path, run: Path, work: Path, copies: int = 3) -> str:
+    """A folder of ``copies`` scans predicted with and without reading ahead, in that order and back."""
+    folder = work / "prefetch_inputs"
+    folder.mkdir()
+    for k in range(copies):
+        (folder / f"scan{k}.nii.gz").symlink_to(scan.resolve())
+    walls: dict[str, list[float]] = {"--no-prefetch": [], "prefetch": []}
+    for repeat, order in enumerate((("--no-prefetch", "prefetch"), ("prefetch", "--no-prefetch"))):
+        for variant in order:
+            extra = [variant] if variant.startswith("--") else []
+            result = _infer([run], folder, work / f"prefetch_{variant.strip('-')}_{repeat}", *extra)
+            walls[variant].append(result["seconds"])
+    plain, ahead = (sum(walls[v]) / len(walls[v]) for v in ("--no-prefetch", "prefetch"))
+    return (f"  {copies} scans, one model -> NIfTI: {plain:.1f} s without prefetch, {ahead:.1f} s with "
+            f"(mean of 2 runs each, alternating), {plain / ahead:.2f}x")
 
 
 def main() -> None:
@@ -122,6 +155,7 @@ def main() -> None:
     parser.add_argument("--slices", default="280,800,1600", help="comma-separated slice counts of 512x512 scans")
     parser.add_argument("--folds", type=int, default=5, help="members of the ensemble")
     parser.add_argument("--monai-up-to", type=int, default=800, help="run the MONAI script up to this many slices")
+    parser.add_argument("--prefetch-copies", type=int, default=3, help="batch size of the prefetch figure (0: skip)")
     parser.add_argument("--measure-infer", help=argparse.SUPPRESS)
     parser.add_argument("--monai-reference", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -145,14 +179,18 @@ def main() -> None:
         nifti = tall_ct(base, slices, case / "nifti" / f"ct_{slices}.nii.gz")
         write_series(nifti, case / "dicom" / f"ct_{slices}")
         print(f"\n512x512x{slices}:", flush=True)
-        result = _infer([single], case / "nifti", case / "pred_single")
+        result = _infer([single], case / "nifti", case / "pred_single", "--no-prefetch")
         print(_row("medseg infer, 1 model -> NIfTI", result), flush=True)
         print(_row(f"medseg infer, {args.folds}-fold ensemble -> DICOM SEG",
-                   _infer([folds], case / "dicom", case / "pred_ensemble_seg", "--output-format", "dicom-seg")),
+                   _infer([folds], case / "dicom", case / "pred_ensemble_seg", "--output-format", "dicom-seg",
+                          "--no-prefetch")),
               flush=True)
         if slices <= args.monai_up_to:
             result = _child("--monai-reference", str(single), str(nifti), str(case / "pred_monai"))
             print(_row("MONAI bundle-style script, 1 model -> NIfTI", result), flush=True)
+    if args.prefetch_copies:
+        print(f"\nreading ahead, 512x512x{LARGE_CT_SHAPE[2]}:", flush=True)
+        print(prefetch_gain(base, single, work, args.prefetch_copies), flush=True)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from medseg.inference.dicom_seg import write_dicom_seg
 from medseg.inference.dicom_source import read_source_series
 from medseg.inference.output_formats import check_output_format, dicom_output_is_complete, output_name
 from medseg.inference.rtstruct import write_rtstruct
-from medseg.io import Volume, atomic_output, case_id, read_volume, write_volume
+from medseg.io import atomic_output, case_id, write_volume
 
 Status = Literal["written", "skipped", "failed"]
 
@@ -122,8 +122,9 @@ class CaseModel(Protocol):
     @property
     def name(self) -> str: ...
 
-    def predict_file(self, source: str | Path | Volume, keep_probabilities: bool = False,
-                     with_entropy: bool = False) -> Any: ...
+    def prepare(self, source: str | Path) -> Any: ...
+
+    def predict_file(self, source: Any, keep_probabilities: bool = False, with_entropy: bool = False) -> Any: ...
 
 
 def output_paths(target: Path, source: Path) -> dict[str, Path]:
@@ -182,13 +183,14 @@ def predict_batch(
             todo.append((source, target, paths))
     bar = tqdm(todo, desc="infer", unit="case", disable=None if progress else True)
     say = bar.write if not bar.disable else log
-    # One reader thread reads the next scan while this one is predicted (one more scan in memory).
+    # One reader thread reads and preprocesses the next scan while this one is predicted (one more
+    # scan in memory).
     with ThreadPoolExecutor(max_workers=1) as reader:
-        pending: Future[Volume] | None = None
+        pending: Future[Any] | None = None
         for index, (source, target, paths) in enumerate(bar):
             start = time.perf_counter()
-            scan = pending if pending is not None else reader.submit(read_volume, source)
-            pending = reader.submit(read_volume, todo[index + 1][0]) if prefetch and index + 1 < len(todo) else None
+            scan = pending if pending is not None else reader.submit(model.prepare, source)
+            pending = reader.submit(model.prepare, todo[index + 1][0]) if prefetch and index + 1 < len(todo) else None
             try:
                 stages = _predict_one(model, source, scan, paths, save_probabilities, save_uncertainty, output_format)
             except Exception as error:  # any failure of one case: recorded, and the batch goes on
@@ -204,18 +206,18 @@ def predict_batch(
     return report
 
 
-def _predict_one(model: CaseModel, source: Path, scan: Future[Volume], paths: dict[str, Path],
+def _predict_one(model: CaseModel, source: Path, scan: Future[Any], paths: dict[str, Path],
                  save_probabilities: bool, save_uncertainty: bool, output_format: str) -> dict[str, float]:
-    """Predict one case from its scan being read by ``scan`` and write its outputs; returns the
-    seconds of each stage (``read`` is the wait for the reader)."""
+    """Predict one case from its scan being prepared by ``scan`` and write its outputs; returns the
+    seconds of each stage, and ``waited``: how long this case waited for its reader."""
     # The series' headers are read (and checked) before the network runs, so a series DICOM outputs
     # cannot refer to fails at once.
     series = read_source_series(source) if output_format != "nifti" else None
     start = time.perf_counter()
-    volume = scan.result()
+    prepared = scan.result()
     waited = time.perf_counter() - start
-    result = model.predict_file(volume, keep_probabilities=save_probabilities, with_entropy=save_uncertainty)
-    stages = {"read": waited, **{k: v for k, v in result.seconds.items() if k != "read"}}
+    result = model.predict_file(prepared, keep_probabilities=save_probabilities, with_entropy=save_uncertainty)
+    stages = {**result.seconds, "waited": waited}
     start = time.perf_counter()
     if series is None:
         write_volume(paths["labels"], result.labels, result.affine, reference_header=result.header)

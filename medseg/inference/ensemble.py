@@ -18,7 +18,7 @@ from medseg.config import config_to_dict
 from medseg.data.datasets import list_inputs
 from medseg.errors import MedsegError
 from medseg.inference.batch import BatchReport, predict_batch
-from medseg.inference.predictor import CasePrediction, Predictor, StageClock, original_grid
+from medseg.inference.predictor import CasePrediction, Predictor, PreparedCase, StageClock, original_grid
 from medseg.io import Volume, read_volume
 from medseg.resample import average_to_grid
 
@@ -81,15 +81,26 @@ class Ensemble:
     def class_names(self) -> list[str]:
         return self.members[0].class_names
 
+    def prepare(self, source: str | Path) -> PreparedCase:
+        """Read a scan (each group preprocesses it its own way when it is predicted)."""
+        seconds: dict[str, float] = {}
+        clock = StageClock(seconds)
+        volume = read_volume(source)
+        clock.lap("read")
+        return PreparedCase(volume, None, seconds)
+
     @torch.inference_mode()
-    def predict_file(self, source: str | Path | Volume, keep_probabilities: bool = False,
+    def predict_file(self, source: str | Path | Volume | PreparedCase, keep_probabilities: bool = False,
                      with_entropy: bool = False) -> CasePrediction:
         """Read a scan once (or take one already read); each group of runs preprocesses it once and sums
         its members' probabilities."""
-        seconds: dict[str, float] = {}
+        if isinstance(source, Volume):
+            source = PreparedCase(source, None, {})
+        elif not isinstance(source, PreparedCase):
+            source = self.prepare(source)
+        volume = source.volume
+        seconds = dict(source.seconds)
         clock = StageClock(seconds)
-        volume = source if isinstance(source, Volume) else read_volume(source)
-        clock.lap("read")
         sources = []
         for group in self.groups:
             image = group[0].preprocess({"image": volume})["image"]

@@ -39,6 +39,16 @@ class StageClock:
         self.last = now
 
 
+@dataclass
+class PreparedCase:
+    """A scan read, and preprocessed when its model can do that ahead (``image``, a MetaTensor), with
+    the seconds each took."""
+
+    volume: Volume
+    image: Any
+    seconds: dict[str, float]
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -134,31 +144,49 @@ class Predictor:
     def class_names(self) -> list[str]:
         return list(self.config.data.class_names or [])
 
-    def predict_file(self, source: str | Path | Volume, keep_probabilities: bool = False,
+    def prepare(self, source: str | Path) -> PreparedCase:
+        """Read a scan and preprocess it as in training: the part of a case that can run ahead of the
+        network (``predict_batch`` does it for the next case in a background thread)."""
+        seconds: dict[str, float] = {}
+        clock = StageClock(seconds)
+        volume = read_volume(source)
+        clock.lap("read")
+        image = None
+        if self.refiner is None:  # a cascade preprocesses twice, on the volume and on its crop
+            image = self.preprocess({"image": volume})["image"]
+            clock.lap("preprocess")
+        return PreparedCase(volume, image, seconds)
+
+    def predict_file(self, source: str | Path | Volume | PreparedCase, keep_probabilities: bool = False,
                      with_entropy: bool = False) -> CasePrediction:
-        """Read a scan once (or take one already read), predict it, and keep its NIfTI header for the
-        output; the prediction says how long each stage took."""
-        start = time.perf_counter()
-        volume = source if isinstance(source, Volume) else read_volume(source)
-        seconds = {"read": time.perf_counter() - start}
-        result, affine = self.predict_case(volume, keep_probabilities, with_entropy, seconds)
-        return CasePrediction(result.labels, affine, volume.header, result.probabilities, result.entropy, seconds)
+        """Predict a scan (a file, one already read, or one prepared ahead) and keep its NIfTI header
+        for the output; the prediction says how long each stage took."""
+        if isinstance(source, Volume):
+            source = PreparedCase(source, None, {})
+        elif not isinstance(source, PreparedCase):
+            source = self.prepare(source)
+        seconds = dict(source.seconds)
+        result, affine = self.predict_case(source.volume, keep_probabilities, with_entropy, seconds, source.image)
+        return CasePrediction(result.labels, affine, source.volume.header, result.probabilities, result.entropy,
+                              seconds)
 
     def predict_case(
         self, source: Path | Volume, keep_probabilities: bool = False, with_entropy: bool = False,
-        seconds: dict[str, float] | None = None,
+        seconds: dict[str, float] | None = None, image: Any = None,
     ) -> tuple[GridResult, np.ndarray]:
-        """Preprocess as in training, segment, and resample class probabilities back to the grid of
-        ``source`` (a file or an in-memory Volume): labels, optionally probabilities and their entropy,
-        and that grid's affine. With a cascade the refining model predicts again inside the region
-        found here. ``seconds`` receives the time of each stage."""
+        """Preprocess as in training (unless ``image`` is ``source`` preprocessed already), segment, and
+        resample class probabilities back to the grid of ``source`` (a file or an in-memory Volume):
+        labels, optionally probabilities and their entropy, and that grid's affine. With a cascade the
+        refining model predicts again inside the region found here. ``seconds`` receives the time of
+        each stage."""
         if self.refiner is not None:
             if with_entropy:
                 raise MedsegError("--save-uncertainty: not available for a cascade (lowres.refine_run)")
             if not isinstance(source, Volume):
                 source = read_volume(source)  # read once: the cascade crops the same voxels again
         clock = StageClock(seconds)
-        image = self.preprocess({"image": source})["image"]
+        if image is None:
+            image = self.preprocess({"image": source})["image"]
         grid_affine = image.affine.numpy()
         original_affine, original_shape = original_grid(image)
         clock.lap("preprocess")
