@@ -5,7 +5,7 @@ output, beside the MONAI bundle-style script (a benchmark, not a test).
 
 ``ct_example`` is resampled to 512x512x280 and extended head to foot (mirrored copies, the same slice
 spacing) to 800 and 1600 slices, so a longer scan covers a longer body as a real one does. Each scan
-is predicted by the command line itself, each in its own process so that its peak memory (VmHWM) is its
+is predicted as ``medseg infer`` predicts a folder, each in its own process so that its peak memory (VmHWM) is its
 own: one 8-class model writing NIfTI, and a 5-fold ensemble writing a DICOM SEG from the same scan
 stored as a DICOM series (both without reading ahead, so the split is sequential). Last, a folder of
 three 280-slice scans is predicted with and without reading ahead (``--no-prefetch``), twice each.
@@ -38,7 +38,10 @@ from medseg.benchmark.inference_cases import (
     peak_rss_gb,
     random_run,
 )
-from medseg.inference.ensemble import FOLD_PREFIX
+from medseg.data.datasets import list_inputs
+from medseg.inference import Predictor
+from medseg.inference.batch import predict_batch
+from medseg.inference.ensemble import FOLD_PREFIX, Ensemble, expand_models
 
 STAGES = ("read", "preprocess", "network", "resample", "write")
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -93,18 +96,22 @@ def write_series(volume_path: Path, folder: Path) -> Path:
 
 
 def measure_infer(spec: str) -> None:
-    """In this process: ``medseg infer`` on a folder; print its wall time, the first case's time split
-    and the peak memory."""
-    from medseg.cli import main
-
+    """In this process: what ``medseg infer`` does on a folder (the same models, batch and summary);
+    print its wall time, the first case's time split and the peak memory."""
     options = json.loads(spec)
+    runs = expand_models(options["models"])
+    model = Predictor(runs[0]) if len(runs) == 1 else Ensemble(runs)
+    output = Path(options["output"])
     start = time.perf_counter()
-    code = main(["infer", *options["args"], "--no-progress"])
+    report = predict_batch(model, list_inputs(options["inputs"]), output, progress=False, log=lambda _: None,
+                           keep_going=True, summary=output / "infer_summary.json",
+                           output_format=options["output_format"], prefetch=options["prefetch"])
     seconds = time.perf_counter() - start
-    summary = json.loads((Path(options["output"]) / "infer_summary.json").read_text(encoding="utf-8"))
-    case = summary["cases"][0]
-    print(json.dumps({"exit": code, "seconds": seconds, "case_seconds": case["seconds"], "stages": case["stages"],
-                      "cases": len(summary["cases"]), "peak_gb": peak_rss_gb()}))
+    if report.failed:
+        raise SystemExit(f"{report.failed[0].input}: {report.failed[0].error}")
+    case = report.outcomes[0]
+    print(json.dumps({"seconds": seconds, "case_seconds": case.seconds, "stages": case.stages,
+                      "cases": len(report.outcomes), "peak_gb": peak_rss_gb()}))
 
 
 def _child(flag: str, *values: str) -> dict:
@@ -115,9 +122,10 @@ def _child(flag: str, *values: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _infer(models: list[Path], inputs: Path, output: Path, *extra: str) -> dict:
-    args = [arg for model in models for arg in ("--model", str(model))]
-    spec = {"args": [*args, "-i", str(inputs), "-o", str(output), *extra], "output": str(output)}
+def _infer(models: list[Path], inputs: Path, output: Path, output_format: str = "nifti",
+           prefetch: bool = False) -> dict:
+    spec = {"models": [str(m) for m in models], "inputs": str(inputs), "output": str(output),
+            "output_format": output_format, "prefetch": prefetch}
     return _child("--measure-infer", json.dumps(spec))
 
 
@@ -137,13 +145,12 @@ def prefetch_gain(scan: Path, run: Path, work: Path, copies: int = 3) -> str:
     folder.mkdir()
     for k in range(copies):
         (folder / f"scan{k}.nii.gz").symlink_to(scan.resolve())
-    walls: dict[str, list[float]] = {"--no-prefetch": [], "prefetch": []}
-    for repeat, order in enumerate((("--no-prefetch", "prefetch"), ("prefetch", "--no-prefetch"))):
-        for variant in order:
-            extra = [variant] if variant.startswith("--") else []
-            result = _infer([run], folder, work / f"prefetch_{variant.strip('-')}_{repeat}", *extra)
-            walls[variant].append(result["seconds"])
-    plain, ahead = (sum(walls[v]) / len(walls[v]) for v in ("--no-prefetch", "prefetch"))
+    walls: dict[bool, list[float]] = {False: [], True: []}
+    for repeat, order in enumerate(((False, True), (True, False))):
+        for prefetch in order:
+            result = _infer([run], folder, work / f"prefetch_{prefetch}_{repeat}", prefetch=prefetch)
+            walls[prefetch].append(result["seconds"])
+    plain, ahead = (sum(walls[v]) / len(walls[v]) for v in (False, True))
     return (f"  {copies} scans, one model -> NIfTI: {plain:.1f} s without prefetch, {ahead:.1f} s with "
             f"(mean of 2 runs each, alternating), {plain / ahead:.2f}x")
 
@@ -179,11 +186,10 @@ def main() -> None:
         nifti = tall_ct(base, slices, case / "nifti" / f"ct_{slices}.nii.gz")
         write_series(nifti, case / "dicom" / f"ct_{slices}")
         print(f"\n512x512x{slices}:", flush=True)
-        result = _infer([single], case / "nifti", case / "pred_single", "--no-prefetch")
+        result = _infer([single], case / "nifti", case / "pred_single")
         print(_row("medseg infer, 1 model -> NIfTI", result), flush=True)
         print(_row(f"medseg infer, {args.folds}-fold ensemble -> DICOM SEG",
-                   _infer([folds], case / "dicom", case / "pred_ensemble_seg", "--output-format", "dicom-seg",
-                          "--no-prefetch")),
+                   _infer([folds], case / "dicom", case / "pred_ensemble_seg", "dicom-seg")),
               flush=True)
         if slices <= args.monai_up_to:
             result = _child("--monai-reference", str(single), str(nifti), str(case / "pred_monai"))
