@@ -158,7 +158,8 @@ def predict_batch(
     ``skip_complete`` and it is complete (``--continue``). With ``keep_going`` a case that fails is
     recorded and the batch goes on (``medseg infer`` on a folder); otherwise its error stops the batch.
     The report is also written to ``summary`` after every case when given. With ``prefetch`` the next
-    scan is read in a background thread while the current one is predicted.
+    scan is read and preprocessed (``model.prepare``) in a background thread while the current one is
+    predicted.
     """
     output_dir = Path(output_dir)
     check_output_format(output_format, files)
