@@ -5,7 +5,6 @@ is its own."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import resource
 import time
@@ -15,7 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from medseg.config import Config, load_config, save_config
+from medseg.config import Config, config_to_dict, load_config, save_config
 from medseg.data.datasets import discover_dataset
 from medseg.data.planning import plan
 from medseg.engine.checkpoint import save_checkpoint
@@ -47,7 +46,7 @@ def random_run(pipeline: str, data_root: Path, overrides: list[str], folder: Pat
     folder.mkdir(parents=True, exist_ok=True)
     save_config(config, folder / "config.yaml")
     torch.manual_seed(seed)
-    save_checkpoint(folder / "best.pt", {"config": dataclasses.asdict(config),
+    save_checkpoint(folder / "best.pt", {"config": config_to_dict(config),
                                          "model": build_segmenter(config).state_dict()})
     return folder
 

@@ -28,3 +28,11 @@ def test_the_dicom_copy_is_the_same_volume_in_the_same_place(tmp_path):
     original = read_volume(source)
     np.testing.assert_allclose(series.affine, original.affine, atol=1e-3)
     np.testing.assert_array_equal(series.array, original.array)
+
+
+def test_a_random_weights_run_loads_as_medseg_infer_loads_a_trained_one(phantom_dir, tmp_path):
+    from medseg.benchmark.inference_cases import random_run
+    from medseg.inference import Predictor
+
+    run = random_run("demo_patch", phantom_dir, [], tmp_path / "run")
+    assert Predictor(run).name == "run"
