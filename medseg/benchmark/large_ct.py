@@ -171,6 +171,8 @@ def main() -> None:
     if args.monai_reference:
         return monai_reference(*args.monai_reference)
 
+    if args.output and args.output.exists() and any(args.output.iterdir()):
+        sys.exit(f"{args.output}: not empty; the benchmark writes its scans and predictions into a new folder")
     work = args.output or Path(tempfile.mkdtemp(prefix="medseg-large-ct-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"files in {work}; 8-class patch network (1.5x1.5x2 mm, 96^3 windows, overlap 0.25), random weights")
