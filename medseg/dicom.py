@@ -21,6 +21,7 @@ import SimpleITK as sitk
 from medseg.errors import MedsegError
 
 POSITION, ORIENTATION = "0020|0032", "0020|0037"
+SLOPE, INTERCEPT, BITS_STORED, SIGNED = "0028|1053", "0028|1052", "0028|0101", "0028|0103"
 SERIES_TAGS = {"modality": "0008|0060", "description": "0008|103e"}
 SPACING_TOLERANCE = 0.01  # relative: slice gaps may differ by 1% (rounding in positions)
 TILT_TOLERANCE_DEGREES = 0.5
@@ -88,11 +89,12 @@ def _vector(reader: sitk.ImageFileReader, tag: str, length: int, path: str) -> n
     return values
 
 
-def check_series_geometry(folder: Path, files: list[str]) -> None:
+def check_series_geometry(folder: Path, files: list[str],
+                          headers: list[sitk.ImageFileReader] | None = None) -> None:
     """Refuse a series that is not a regular grid: gantry tilt, or uneven spacing between slices."""
     if len(files) < 2:
         return
-    headers = [_header(f) for f in files]
+    headers = headers or [_header(f) for f in files]
     orientation = _vector(headers[0], ORIENTATION, 6, files[0])
     normal = np.cross(orientation[:3], orientation[3:])
     normal /= np.linalg.norm(normal)
@@ -115,12 +117,40 @@ def check_series_geometry(folder: Path, files: list[str]) -> None:
                           f"slices: missing slices or mixed thicknesses); the series is not a regular grid")
 
 
+def _number(reader: sitk.ImageFileReader, tag: str, default: float) -> float:
+    try:
+        return float(_tag(reader, tag) or default)
+    except ValueError:
+        return float("nan")
+
+
+def lossless_integer_type(headers: list[sitk.ImageFileReader]) -> int | None:
+    """The smallest SimpleITK integer type that holds every rescaled value of the series exactly, or None
+    when a slope is not 1 or an intercept not whole (those values need floats). GDCM reads a CT series
+    with an intercept as float64 otherwise: four times the memory of the int16 Hounsfield units it holds."""
+    low, high = np.inf, -np.inf
+    for header in headers:
+        slope, intercept = _number(header, SLOPE, 1.0), _number(header, INTERCEPT, 0.0)
+        bits = int(_number(header, BITS_STORED, 16))
+        if slope != 1.0 or intercept != round(intercept) or not 1 <= bits <= 16:
+            return None
+        signed = _tag(header, SIGNED) == "1"
+        stored = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+        low, high = min(low, stored[0] + intercept), max(high, stored[1] + intercept)
+    return sitk.sitkInt16 if low >= -(2**15) and high < 2**15 else sitk.sitkInt32
+
+
 def read_series(folder: Path, uid: str | None = None) -> sitk.Image:
-    """The chosen series of ``folder`` as one volume, after the geometry checks."""
+    """The chosen series of ``folder`` as one volume, after the geometry checks, in the smallest type
+    that holds its values exactly."""
     series = choose_series(folder, uid)
-    check_series_geometry(folder, series.files)
+    headers = [_header(f) for f in series.files]
+    check_series_geometry(folder, series.files, headers)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(series.files)
+    pixel_type = lossless_integer_type(headers)
+    if pixel_type is not None:
+        reader.SetOutputPixelType(pixel_type)
     return reader.Execute()
 
 

@@ -152,8 +152,10 @@ def read_volume(path: str | os.PathLike) -> Volume:
                 raise MedsegError(
                     f"{path}: expected one value per voxel, got {image.GetNumberOfComponentsPerPixel()} components"
                 )
-            array = sitk.GetArrayFromImage(image).transpose(*reversed(range(image.GetDimension())))
             header, affine = None, _sitk_affine(image) if image.GetDimension() == 3 else np.eye(4)
+            # One copy, from a view of SimpleITK's buffer straight into x, y, z order.
+            array = np.array(sitk.GetArrayViewFromImage(image).transpose(*reversed(range(image.GetDimension()))),
+                             order="C")
     shape = _require_3d(path, tuple(array.shape))
     array = array.reshape(shape)
     if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:

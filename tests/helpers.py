@@ -81,10 +81,12 @@ CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
 def write_ct_series(folder: Path, frames: np.ndarray, orientation=(1, 0, 0, 0, 1, 0), pixel_spacing=(0.8, 1.1),
-                    slice_spacing: float = 2.5, origin=(-30.0, -20.0, 40.0), reverse_files: bool = False) -> list:
+                    slice_spacing: float = 2.5, origin=(-30.0, -20.0, 40.0), reverse_files: bool = False,
+                    slope: float = 1.0, intercept: float = 0.0, unsigned_bits: int | None = None) -> list:
     """A CT series as scanners write it (pydicom, one file per slice, every header a SEG or RTSTRUCT needs):
     ``frames`` [slices, rows, columns] are the stored pixels; slice k sits at ``origin + k * slice_spacing``
-    along the normal of ``orientation``. Returns the datasets in slice order."""
+    along the normal of ``orientation``. Values are stored as ``(frames - intercept) / slope``, as signed
+    16-bit or as unsigned ``unsigned_bits``-bit pixels. Returns the datasets in slice order."""
     import pydicom
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -113,9 +115,12 @@ def write_ct_series(folder: Path, frames: np.ndarray, orientation=(1, 0, 0, 0, 1
         ds.SliceThickness = str(slice_spacing)
         ds.Rows, ds.Columns = pixels.shape
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleIntercept, ds.RescaleSlope, ds.ImageType = "0", "1", ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.PixelData = np.ascontiguousarray(pixels.astype(np.int16)).tobytes()
+        bits = unsigned_bits or 16
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, int(not unsigned_bits)
+        ds.RescaleIntercept, ds.RescaleSlope = f"{intercept:g}", f"{slope:g}"
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        stored = np.round((pixels - intercept) / slope).astype(np.uint16 if unsigned_bits else np.int16)
+        ds.PixelData = np.ascontiguousarray(stored).tobytes()
         index = len(frames) - 1 - k if reverse_files else k  # file order need not be slice order
         ds.save_as(folder / f"IM{index:04d}.dcm", enforce_file_format=True)
         written.append(ds)

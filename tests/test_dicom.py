@@ -98,3 +98,20 @@ def test_a_regular_feet_first_series_reads(tmp_path):
     down = write_series(tmp_path / "down", "1.2.3.700", positions=[(0.0, 0.0, -k * SPACING[2]) for k in range(8)])
     volume = read_volume(down)
     assert volume.array.shape == (24, 22, 8) and np.allclose(sorted(volume.spacing), sorted(SPACING))
+
+
+def test_a_ct_series_is_read_in_the_integer_type_that_holds_its_hounsfield_units(tmp_path):
+    """Scanners store CT as unsigned 12-bit pixels with an intercept of -1024: read as int16 (not the
+    float64 GDCM would give, four times the memory), every value exact; a fractional slope stays float."""
+    from medseg.io import read_volume
+    from tests.helpers import write_ct_series
+
+    hounsfield = np.random.default_rng(3).integers(-1024, 3000, (5, 12, 10)).astype(np.int16)
+    write_ct_series(tmp_path / "ct", hounsfield, intercept=-1024, unsigned_bits=12)
+    volume = read_volume(tmp_path / "ct")
+    assert volume.array.dtype == np.int16 and volume.array.flags.c_contiguous
+    np.testing.assert_array_equal(volume.array, hounsfield.transpose(2, 1, 0))  # [columns, rows, slices]
+    write_ct_series(tmp_path / "scaled", hounsfield * 0.5, slope=0.5, intercept=-1024.0)
+    scaled = read_volume(tmp_path / "scaled")
+    assert scaled.array.dtype.kind == "f"
+    np.testing.assert_allclose(scaled.array, hounsfield.transpose(2, 1, 0) * 0.5)

@@ -18,7 +18,14 @@ from medseg.config import config_to_dict
 from medseg.data.datasets import list_inputs
 from medseg.errors import MedsegError
 from medseg.inference.batch import BatchReport, predict_batch
-from medseg.inference.predictor import CasePrediction, Predictor, PreparedCase, StageClock, original_grid
+from medseg.inference.predictor import (
+    CasePrediction,
+    Predictor,
+    PreparedCase,
+    StageClock,
+    original_grid,
+    without_voxels,
+)
 from medseg.io import Volume, read_volume
 from medseg.resample import average_to_grid
 
@@ -102,8 +109,10 @@ class Ensemble:
         seconds = dict(source.seconds)
         clock = StageClock(seconds)
         sources = []
-        for group in self.groups:
+        for number, group in enumerate(self.groups, start=1):
             image = group[0].preprocess({"image": volume})["image"]
+            if number == len(self.groups):  # the last preprocessing: drop the voxels (ours and the batch's)
+                volume = source.volume = without_voxels(volume)
             affine, shape = original_grid(image)
             clock.lap("preprocess")
             total = None

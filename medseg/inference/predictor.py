@@ -39,6 +39,12 @@ class StageClock:
         self.last = now
 
 
+def without_voxels(volume: Volume) -> Volume:
+    """The scan's grid and header without its voxels: once preprocessed, that is all the output needs,
+    and a 512x512x1600 CT's voxels would otherwise stay in memory through the network pass."""
+    return Volume(np.empty((0, 0, 0), dtype=volume.array.dtype), volume.affine, volume.header)
+
+
 @dataclass
 class PreparedCase:
     """A scan read, and preprocessed when its model can do that ahead (``image``, a MetaTensor), with
@@ -155,6 +161,7 @@ class Predictor:
         if self.refiner is None:  # a cascade preprocesses twice, on the volume and on its crop
             image = self.preprocess({"image": volume})["image"]
             clock.lap("preprocess")
+            volume = without_voxels(volume)
         return PreparedCase(volume, image, seconds)
 
     def predict_file(self, source: str | Path | Volume | PreparedCase, keep_probabilities: bool = False,

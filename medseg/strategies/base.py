@@ -15,15 +15,25 @@ from medseg.engine.pictures import overlay
 from medseg.engine.task import Task
 from medseg.losses import build_loss
 from medseg.metrics import segmentation_metrics
+from medseg.resample import class_argmax
 
 
 @dataclass
 class VolumePrediction:
-    """A prediction on the preprocessed grid: ``labels`` [D, H, W] and ``probabilities`` [K, D, H, W]
-    (softmax, sums to one over K)."""
+    """A prediction on the preprocessed grid: ``probabilities`` [K, D, H, W] (softmax, sums to one over
+    K) and ``labels`` [D, H, W]. The labels are the argmax of the probabilities unless the strategy
+    decided them otherwise (``decided_labels``, e.g. by votes), and are computed when first asked for:
+    inference resamples the probabilities to the scan's grid and never needs labels on this one, whose
+    argmax alone would cost 12 bytes a voxel."""
 
-    labels: torch.Tensor
     probabilities: torch.Tensor
+    decided_labels: torch.Tensor | None = None
+
+    @property
+    def labels(self) -> torch.Tensor:
+        if self.decided_labels is None:
+            self.decided_labels = class_argmax(self.probabilities)
+        return self.decided_labels
 
 
 @dataclass

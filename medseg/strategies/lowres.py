@@ -16,7 +16,7 @@ from monai.transforms import Resized, Transform
 from medseg.config import Config
 from medseg.data.transforms import augmentation
 from medseg.networks import build_network_3d
-from medseg.resample import class_argmax, softmax_
+from medseg.resample import softmax_
 from medseg.strategies.base import Cascade, Segmenter, VolumePrediction
 
 
@@ -50,7 +50,7 @@ class LowresSegmenter(Segmenter):
         with torch.autocast(device.type, enabled=device.type == "cuda" and self.config.train.amp):
             logits = self.network(image[None].to(device))
         probabilities = softmax_(logits[0].float())
-        return VolumePrediction(labels=class_argmax(probabilities), probabilities=probabilities)
+        return VolumePrediction(probabilities)
 
     def cascade(self) -> Cascade | None:
         """``lowres.refine_run``: a patch model that predicts again at full resolution in the found region."""

@@ -12,7 +12,7 @@ from medseg.config import Config
 from medseg.data.transforms import augmentation
 from medseg.errors import MedsegError
 from medseg.networks import build_network_3d
-from medseg.resample import class_argmax, softmax_
+from medseg.resample import softmax_
 from medseg.strategies.base import Segmenter, VolumePrediction
 
 LOG = logging.getLogger(__name__)
@@ -109,4 +109,4 @@ class PatchSegmenter(Segmenter):
                 logits = out if logits is None else logits.add_(out)
         assert logits is not None  # flips starts with the unflipped pass
         probabilities = softmax_(logits[0].div_(len(flips)))
-        return VolumePrediction(labels=class_argmax(probabilities), probabilities=probabilities)
+        return VolumePrediction(probabilities)

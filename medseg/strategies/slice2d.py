@@ -73,8 +73,8 @@ class AxisFusion:
         if self.method == "majority":
             assert self.votes is not None  # add() counts the votes in majority mode
             labels = class_argmax(self.votes + 1e-3 * mean)
-            return VolumePrediction(labels=labels, probabilities=self.votes.div_(self.count))
-        return VolumePrediction(labels=class_argmax(mean), probabilities=mean)
+            return VolumePrediction(self.votes.div_(self.count), decided_labels=labels)
+        return VolumePrediction(mean)
 
 
 class SliceSegmenter(Segmenter):
@@ -163,7 +163,7 @@ class SliceSegmenter(Segmenter):
             probabilities[0] = 1.0  # outside the box: background
             probabilities[(slice(None), *box)] = inner.probabilities
             agreement = binary_dice(prediction.labels > 0, labels > 0)
-            prediction = VolumePrediction(labels=labels, probabilities=probabilities)
+            prediction = VolumePrediction(probabilities, decided_labels=labels)
             if agreement >= s.refine_stop_dice:
                 break
         return prediction

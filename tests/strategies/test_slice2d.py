@@ -93,7 +93,7 @@ def _fake_fusion(segmenter, predict):
     def fused(image, axis_labels=None):
         crops.append(tuple(image.shape[1:]))
         labels = predict(image[0]).to(torch.uint8)
-        return VolumePrediction(labels=labels, probabilities=torch.stack([1.0 - labels.float(), labels.float()]))
+        return VolumePrediction(torch.stack([1.0 - labels.float(), labels.float()]), decided_labels=labels)
 
     segmenter._fused = fused
     return crops
