@@ -55,21 +55,34 @@ def _axis_permutation(matrix: np.ndarray) -> list[int] | None:
 
 
 def _lerp(x: torch.Tensor, dim: int, coords: torch.Tensor) -> torch.Tensor:
-    """Linear interpolation of ``x`` along ``dim`` at fractional indices ``coords``; zero outside."""
+    """Linear interpolation of ``x`` along ``dim`` at fractional indices ``coords``; zero outside. The
+    result is float32 whatever ``x`` is (float16 probabilities are converted a slab at a time)."""
     size = x.shape[dim]
     low = torch.floor(coords)
-    weight = (coords - low).to(x.dtype)
+    weight = (coords - low).float()
     low = low.long()
     high = low + 1
     shape = [1] * x.ndim
     shape[dim] = -1
     w_low = ((1 - weight) * ((low >= 0) & (low < size))).view(shape)
     w_high = (weight * ((high >= 0) & (high < size))).view(shape)
-    return x.index_select(dim, low.clamp(0, size - 1)) * w_low + x.index_select(dim, high.clamp(0, size - 1)) * w_high
+    return (x.index_select(dim, low.clamp(0, size - 1)).float() * w_low
+            + x.index_select(dim, high.clamp(0, size - 1)).float() * w_high)
 
 
-def _separable_slabs(source: torch.Tensor, mapping: np.ndarray, order: list[int], dst_shape, slab: int):
-    """Yield (start, [K, s, H, W]) slabs of the trilinear resampling of [K, ...] ``source``, one axis at a time."""
+def _coverage(coords: torch.Tensor, size: int) -> torch.Tensor:
+    """How much of each linear interpolation at ``coords`` falls inside ``size`` samples (1 inside, less
+    in the half-voxel band at the border, 0 outside): ``_lerp`` of a volume of ones."""
+    low = torch.floor(coords)
+    weight = (coords - low).float()
+    low = low.long()
+    return (1 - weight) * ((low >= 0) & (low < size)) + weight * ((low + 1 >= 0) & (low + 1 < size))
+
+
+def _separable_slabs(source: torch.Tensor, mapping: np.ndarray, order: list[int], dst_shape, slab: int,
+                     fill: float = 0.0):
+    """Yield (start, [K, s, H, W]) float32 slabs of the trilinear resampling of [K, ...] ``source``, one
+    axis at a time; outside the source grid class 0 reads ``fill`` and the others zero."""
     src_axes = [order.index(j) for j in range(3)]  # source axis that follows destination axis j
     aligned = source.permute(0, *(1 + a for a in src_axes))
     device = source.device
@@ -79,15 +92,24 @@ def _separable_slabs(source: torch.Tensor, mapping: np.ndarray, order: list[int]
     ]
     # The last (contiguous) axis as a matrix product: index_select along it is the slow part otherwise.
     last = _interpolation_matrix(coords[2], aligned.shape[3]).T.contiguous()
+    inside = [_coverage(c, aligned.shape[1 + j]) for j, c in enumerate(coords)]
+    plane = inside[1][:, None] * inside[2][None, :]
     for start in range(0, dst_shape[0], slab):
         part = _lerp(aligned, 1, coords[0][start : start + slab])
         part = _lerp(part, 2, coords[1])
-        yield start, part @ last
+        part = part @ last
+        if fill:
+            part[0] += fill * (1 - inside[0][start : start + slab, None, None] * plane)
+        yield start, part
 
 
-def _grid_sample_slabs(source: torch.Tensor, mapping: np.ndarray, dst_shape, slab: int):
-    """Yield (start, [K, s, H, W]) slabs of [K, ...] ``source`` resampled with ``grid_sample`` (any affine map)."""
+def _grid_sample_slabs(source: torch.Tensor, mapping: np.ndarray, dst_shape, slab: int, fill: float = 0.0):
+    """Yield (start, [K, s, H, W]) float32 slabs of [K, ...] ``source`` resampled with ``grid_sample`` (any
+    affine map); outside the source grid class 0 reads ``fill`` and the others zero. Works on a float32
+    copy of the source: an oblique grid is rare."""
     device = source.device
+    source = source.to(torch.float32, copy=True)
+    source[0] -= fill  # zero padding outside the grid then reads as ``fill`` once added back
     scale = 2.0 / np.maximum(np.asarray(source.shape[1:], dtype=np.float64) - 1.0, 1.0)
     a = torch.as_tensor(mapping[:3, :3] * scale[:, None], dtype=torch.float32, device=device)
     b = torch.as_tensor(mapping[:3, 3] * scale - 1.0, dtype=torch.float32, device=device)
@@ -99,17 +121,20 @@ def _grid_sample_slabs(source: torch.Tensor, mapping: np.ndarray, dst_shape, sla
         index = torch.arange(start, min(start + slab, d), device=device, dtype=torch.float32)
         coords = plane[:, None] + a[:, 0, None, None, None] * index[None, :, None, None]
         grid = coords.flip(0).permute(1, 2, 3, 0)[None]  # grid_sample wants (x, y, z) = (last, middle, first)
-        yield start, F.grid_sample(source[None], grid, mode="bilinear", padding_mode="zeros", align_corners=True)[0]
+        part = F.grid_sample(source[None], grid, mode="bilinear", padding_mode="zeros", align_corners=True)[0]
+        part[0] += fill
+        yield start, part
 
 
 def _slabs(source: torch.Tensor, src_affine: npt.ArrayLike, dst_affine: npt.ArrayLike,
-           dst_shape: tuple[int, int, int], slab: int):
-    """Yield (start, [K, s, H, W]) slabs of [K, ...] ``source`` resampled onto the destination grid."""
+           dst_shape: tuple[int, int, int], slab: int, fill: float):
+    """Yield (start, [K, s, H, W]) float32 slabs of [K, ...] ``source`` resampled onto the destination
+    grid, class 0 reading ``fill`` outside the source grid."""
     mapping = np.linalg.inv(np.asarray(src_affine, dtype=np.float64)) @ np.asarray(dst_affine, dtype=np.float64)
     order = _axis_permutation(mapping[:3, :3])
     if order is not None:
-        return _separable_slabs(source, mapping, order, dst_shape, slab)
-    return _grid_sample_slabs(source, mapping, dst_shape, slab)
+        return _separable_slabs(source, mapping, order, dst_shape, slab, fill)
+    return _grid_sample_slabs(source, mapping, dst_shape, slab, fill)
 
 
 def entropy(probabilities: torch.Tensor) -> torch.Tensor:
@@ -149,19 +174,15 @@ def average_to_grid(
     kept = np.empty((classes, d, h, w), dtype=np.float16) if keep_probabilities else None
     uncertainty = np.empty((d, h, w), dtype=np.float32) if with_entropy else None
     slab = max(1, max_slab_voxels // max(h * w, 1))
-    shifted = []
-    for probabilities, _, count in sources:
-        source = probabilities.float()
-        source[0] -= float(count)  # zero padding outside the grid then reads as background
-        shifted.append(source)
-    generators = [_slabs(source, affine, dst_affine, (d, h, w), slab)
-                  for source, (_, affine, _) in zip(shifted, sources)]
+    # Outside its grid a source reads as certain background (class 0 at its member count); its
+    # probabilities (float32 or float16) are converted to float32 a slab at a time, never copied whole.
+    generators = [_slabs(probabilities, affine, dst_affine, (d, h, w), slab, fill=float(count))
+                  for probabilities, affine, count in sources]
     for parts in zip(*generators):
         start = parts[0][0]
         out = parts[0][1]
         for _, part in parts[1:]:  # summed in place: no stacked copy of every source's slab
             out += part
-        out[0] += float(members)
         out /= members
         stop = start + out.shape[1]
         labels[start:stop] = class_argmax(out).cpu().numpy()
@@ -169,9 +190,6 @@ def average_to_grid(
             kept[:, start:stop] = out.cpu().numpy()
         if uncertainty is not None:
             uncertainty[start:stop] = entropy(out).cpu().numpy()
-    for source, (probabilities, _, count) in zip(shifted, sources):
-        if source.data_ptr() == probabilities.data_ptr():  # ``float()`` returned the caller's tensor
-            source[0] += float(count)
     return GridResult(labels, kept, uncertainty)
 
 

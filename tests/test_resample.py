@@ -152,15 +152,17 @@ def test_slabs_change_nothing():
     np.testing.assert_array_equal(one[::2, ::2, ::2], probs.argmax(0).numpy())
 
 
-def test_separable_path_matches_grid_sample_including_the_border_band():
-    """Both paths pad with zeros, so unlike SimpleITK they must also agree in the band at the grid border."""
+@pytest.mark.parametrize("fill", [0.0, 2.0])
+def test_separable_path_matches_grid_sample_including_the_border_band(fill):
+    """Both paths pad (class 0 with ``fill``, the others with zeros), so unlike SimpleITK they must also
+    agree in the band at the grid border."""
     probs = _random_probabilities((9, 7, 8), classes=3, seed=2)
     # destination -> source: permute axes (2, 0, 1), flip one, scale by 0.45-0.8, shift partly outside
     mapping = np.array([[0, 0.6, 0, 0.3], [0, 0, -0.45, 6.2], [0.8, 0, 0, -1.5], [0, 0, 0, 1]])
     order = _axis_permutation(mapping[:3, :3])
     assert order == [1, 2, 0]
     shape = (12, 14, 15)
-    fast = torch.cat([s for _, s in _separable_slabs(probs, mapping, order, shape, slab=5)], dim=1)
-    slow = torch.cat([s for _, s in _grid_sample_slabs(probs, mapping, shape, slab=5)], dim=1)
+    fast = torch.cat([s for _, s in _separable_slabs(probs, mapping, order, shape, 5, fill)], dim=1)
+    slow = torch.cat([s for _, s in _grid_sample_slabs(probs, mapping, shape, 5, fill)], dim=1)
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
     assert _axis_permutation(np.array([[0.9, 0.1, 0], [-0.1, 0.9, 0], [0, 0, 1.0]])) is None

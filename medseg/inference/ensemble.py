@@ -28,6 +28,7 @@ from medseg.inference.predictor import (
 )
 from medseg.io import Volume, read_volume
 from medseg.resample import average_to_grid
+from medseg.strategies.patch import PatchSegmenter, segment_together
 
 FOLD_PREFIX = "fold_"
 
@@ -58,6 +59,21 @@ def _preprocessing_key(predictor: Predictor) -> str:
     config = config_to_dict(predictor.config)
     strategy = config["model"]["strategy"]
     return json.dumps([config["data"], strategy, config.get(strategy)], sort_keys=True, default=str)
+
+
+def _summed_probabilities(group: list[Predictor], image: torch.Tensor) -> torch.Tensor:
+    """The sum of a group's probabilities for one preprocessed image. Patch models that tile alike
+    (folds always do) see each window together, so the group stores one probability volume."""
+    segmenters = [member.segmenter for member in group]
+    patch_models = [s for s in segmenters if isinstance(s, PatchSegmenter)]
+    if len(patch_models) == len(segmenters) and len({s.window_settings() for s in patch_models}) == 1:
+        return segment_together(patch_models, image)
+    total = None
+    for segmenter in segmenters:
+        probabilities = segmenter.segment(image).probabilities
+        total = probabilities if total is None else total.add_(probabilities)
+    assert total is not None
+    return total
 
 
 class Ensemble:
@@ -115,11 +131,7 @@ class Ensemble:
                 volume = source.volume = without_voxels(volume)
             affine, shape = original_grid(image)
             clock.lap("preprocess")
-            total = None
-            for member in group:
-                probabilities = member.segmenter.segment(image.as_tensor()).probabilities
-                total = probabilities if total is None else total.add_(probabilities)
-            assert total is not None
+            total = _summed_probabilities(group, image.as_tensor())
             sources.append((total, image.affine.numpy(), len(group)))
             del image
             clock.lap("network")

@@ -21,7 +21,8 @@ from medseg.resample import class_argmax
 @dataclass
 class VolumePrediction:
     """A prediction on the preprocessed grid: ``probabilities`` [K, D, H, W] (softmax, sums to one over
-    K) and ``labels`` [D, H, W]. The labels are the argmax of the probabilities unless the strategy
+    K; float16 where the grid is a whole scan at full resolution, float32 otherwise) and ``labels``
+    [D, H, W]. The labels are the argmax of the probabilities unless the strategy
     decided them otherwise (``decided_labels``, e.g. by votes), and are computed when first asked for:
     inference resamples the probabilities to the scan's grid and never needs labels on this one, whose
     argmax alone would cost 12 bytes a voxel."""

@@ -5,22 +5,22 @@ from __future__ import annotations
 import logging
 
 import torch
-from monai.inferers import SlidingWindowInferer
 from monai.transforms import ClassesToIndicesd, RandCropByLabelClassesd, RandCropByPosNegLabeld, SpatialPadd, Transform
 
 from medseg.config import Config
 from medseg.data.transforms import augmentation
 from medseg.errors import MedsegError
 from medseg.networks import build_network_3d
-from medseg.resample import softmax_
 from medseg.strategies.base import Segmenter, VolumePrediction
+from medseg.strategies.sliding_window import WindowSettings, sliding_window_probabilities
 
 LOG = logging.getLogger(__name__)
 CLASS_INDICES_KEPT = 10_000  # voxel positions kept per class and volume to draw crop centres from
 
 
 class PatchSegmenter(Segmenter):
-    """Random patches (foreground-biased) for training; gaussian-blended sliding window to predict."""
+    """Random patches (foreground-biased) for training; gaussian-blended sliding window to predict
+    (``sliding_window``: stitched a slab at a time)."""
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
@@ -58,20 +58,29 @@ class PatchSegmenter(Segmenter):
         logits = self.network(batch["image"])
         return {"loss": self.segmentation_loss(logits, batch)}
 
-    def _inferer(self, device: torch.device, stitch: torch.device) -> SlidingWindowInferer:
+    def window_settings(self) -> WindowSettings:
         infer = self.config.infer
-        return SlidingWindowInferer(
-            roi_size=self.patch_size,
-            sw_batch_size=infer.sw_batch_size,
-            overlap=infer.overlap,
-            mode=infer.blend,
-            sw_device=device,
-            device=stitch,
-        )
+        roi = tuple(self.patch_size)
+        assert len(roi) == 3
+        return WindowSettings(roi, infer.overlap, infer.blend, infer.sw_batch_size, self.device)
+
+    def window_logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The network's logits for a batch of windows, averaged over ``infer.mirror_axes`` flips of each
+        window (test-time mirroring per window, as nnU-Net v2 does it)."""
+        flips = [()] + [(axis + 2,) for axis in self.config.infer.mirror_axes]
+        device = inputs.device
+        logits: torch.Tensor | None = None
+        with torch.autocast(device.type, enabled=device.type == "cuda" and self.config.train.amp):
+            for dims in flips:
+                out = self.network(inputs.flip(dims) if dims else inputs)
+                out = (out.flip(dims) if dims else out).float()
+                logits = out if logits is None else logits.add_(out)
+        assert logits is not None  # flips starts with the unflipped window
+        return logits.div_(len(flips))
 
     def _stitch_devices(self, device: torch.device) -> list[torch.device]:
-        """Where the sliding window's output is stitched, in the order to try: with ``auto`` on a GPU, the
-        GPU and then, if it runs out of memory, the CPU (as MONAI's ``SlidingWindowInfererAdapt``)."""
+        """Where the probabilities are stored, in the order to try: with ``auto`` on a GPU, the GPU and
+        then, if it runs out of memory, the CPU (as MONAI's ``SlidingWindowInfererAdapt``)."""
         configured = self.config.infer.stitch_device
         if configured != "auto":
             return [torch.device(configured)]
@@ -79,34 +88,31 @@ class PatchSegmenter(Segmenter):
 
     @torch.inference_mode()
     def segment(self, image: torch.Tensor) -> VolumePrediction:
-        """Sliding-window prediction; a GPU that runs out of memory stitching the whole volume falls back
-        to stitching on the CPU (the network still runs on the GPU) instead of failing."""
-        device = self.device
-        stitches = self._stitch_devices(device)
-        for attempt, stitch in enumerate(stitches):
-            try:
-                return self._segment_with(image, device, stitch)
-            except torch.OutOfMemoryError:
-                if attempt + 1 == len(stitches):
-                    raise MedsegError(f"out of memory predicting a volume of {tuple(image.shape[1:])} voxels, "
-                                      f"stitching on {stitch}; lower infer.sw_batch_size") from None
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                LOG.warning("out of GPU memory stitching %s voxels on %s: stitching on %s instead",
-                            tuple(image.shape[1:]), stitch, stitches[attempt + 1])
-        raise AssertionError("unreachable: the last attempt returns or raises")
+        """Sliding-window prediction (stored as float16)."""
+        return VolumePrediction(segment_together([self], image))
 
-    def _segment_with(self, image: torch.Tensor, device: torch.device, stitch: torch.device) -> VolumePrediction:
-        inferer = self._inferer(device, stitch)
-        x = image[None].to(device)
-        flips = [()] + [(axis + 2,) for axis in self.config.infer.mirror_axes]
-        logits: torch.Tensor | None = None
-        with torch.autocast(device.type, enabled=device.type == "cuda" and self.config.train.amp):
-            for dims in flips:
-                # MONAI types the result as the network's output structure; this network returns one tensor.
-                out: torch.Tensor = inferer(x.flip(dims) if dims else x, self.network)  # type: ignore[assignment]
-                out = (out.flip(dims) if dims else out).float()
-                logits = out if logits is None else logits.add_(out)
-        assert logits is not None  # flips starts with the unflipped pass
-        probabilities = softmax_(logits[0].div_(len(flips)))
-        return VolumePrediction(probabilities)
+
+@torch.inference_mode()
+def segment_together(segmenters: list[PatchSegmenter], image: torch.Tensor) -> torch.Tensor:
+    """The sum of the probabilities of several patch models with the same window settings (the folds
+    of an ensemble), each window cut once for all of them, stored as float16. A GPU that runs out of
+    memory storing them falls back to storing them on the CPU (the networks still run on the GPU)
+    instead of failing."""
+    first = segmenters[0]
+    settings = first.window_settings()
+    if any(s.window_settings() != settings for s in segmenters[1:]):
+        raise ValueError("segment_together: the models tile the volume differently")
+    stitches = first._stitch_devices(settings.device)
+    predictors = [s.window_logits for s in segmenters]
+    for attempt, stitch in enumerate(stitches):
+        try:
+            return sliding_window_probabilities(image, predictors, settings, stitch)
+        except torch.OutOfMemoryError:
+            if attempt + 1 == len(stitches):
+                raise MedsegError(f"out of memory predicting a volume of {tuple(image.shape[1:])} voxels, "
+                                  f"stitching on {stitch}; lower infer.sw_batch_size") from None
+            if settings.device.type == "cuda":
+                torch.cuda.empty_cache()
+            LOG.warning("out of GPU memory stitching %s voxels on %s: stitching on %s instead",
+                        tuple(image.shape[1:]), stitch, stitches[attempt + 1])
+    raise AssertionError("unreachable: the last attempt returns or raises")

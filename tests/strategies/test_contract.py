@@ -102,7 +102,8 @@ class TestSegmenterContract:
         prediction = segmenter.segment(image)
         assert prediction.labels.shape == shape and prediction.labels.dtype == torch.uint8
         assert prediction.probabilities.shape == (3, *shape)
-        torch.testing.assert_close(prediction.probabilities.sum(0), torch.ones(shape))
+        assert prediction.probabilities.dtype in (torch.float32, torch.float16)  # float16 for whole-scan volumes
+        torch.testing.assert_close(prediction.probabilities.float().sum(0), torch.ones(shape), atol=3e-3, rtol=0)
         torch.testing.assert_close(prediction.labels.long(), prediction.probabilities.argmax(0))
 
     def test_validation_step_gives_dice_per_class(self, strategy, extra):

@@ -6,7 +6,7 @@ import torch
 
 from medseg.config import load_config
 from medseg.errors import MedsegError
-from medseg.strategies import build_segmenter
+from medseg.strategies import build_segmenter, patch
 from tests.helpers import TINY
 
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
@@ -28,15 +28,15 @@ def test_out_of_memory_falls_back_to_cpu_stitching_with_the_same_result(monkeypa
     image = torch.randn(1, 40, 36, 24)
     expected = segmenter.segment(image).probabilities
     tried = []
-    real = segmenter._segment_with
+    real = patch.sliding_window_probabilities
 
-    def first_attempt_runs_out(image, device, stitch):
+    def first_attempt_runs_out(image, predictors, settings, stitch):
         tried.append(stitch)
         if len(tried) == 1:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(image, device, stitch)
+        return real(image, predictors, settings, stitch)
 
-    monkeypatch.setattr(segmenter, "_segment_with", first_attempt_runs_out)
+    monkeypatch.setattr(patch, "sliding_window_probabilities", first_attempt_runs_out)
     monkeypatch.setattr(segmenter, "_stitch_devices", lambda device: [CUDA, CPU])
     result = segmenter.segment(image)
     assert tried == [CUDA, CPU]
@@ -47,10 +47,10 @@ def test_out_of_memory_falls_back_to_cpu_stitching_with_the_same_result(monkeypa
 def test_out_of_memory_everywhere_is_one_clear_error(monkeypatch):
     segmenter = _segmenter()
 
-    def always(image, device, stitch):
+    def always(image, predictors, settings, stitch):
         raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
 
-    monkeypatch.setattr(segmenter, "_segment_with", always)
+    monkeypatch.setattr(patch, "sliding_window_probabilities", always)
     monkeypatch.setattr(segmenter, "_stitch_devices", lambda device: [CUDA, CPU])
     with pytest.raises(MedsegError, match="out of memory .* lower infer.sw_batch_size"):
         segmenter.segment(torch.randn(1, 40, 36, 24))
