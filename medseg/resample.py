@@ -162,11 +162,11 @@ def average_to_grid(
     max_slab_voxels: int = 2**19,
 ) -> GridResult:
     """The mean of several models' class probabilities on the destination grid, slab by slab, then the
-    argmax. Each source is (the sum of ``members`` models' [K, ...] probabilities on one grid, that
-    grid's affine, ``members``): models that share a grid are summed there first, so an ensemble keeps
-    one probability volume per distinct grid, not one per model. Voxels outside a source's grid count
-    as background for it. Returns uint8 labels, and if asked float16 probabilities [K, *dst_shape] and
-    the float32 entropy of the mean."""
+    argmax. Each source is (the mean [K, ...] probabilities of ``members`` models on one grid, that
+    grid's affine, ``members``) and weighs as that many models: models that share a grid are averaged
+    there first, so an ensemble keeps one probability volume per distinct grid, not one per model.
+    Voxels outside a source's grid count as background for it. Returns uint8 labels, and if asked
+    float16 probabilities [K, *dst_shape] and the float32 entropy of the mean."""
     d, h, w = (int(s) for s in dst_shape)
     members = sum(count for _, _, count in sources)
     labels = np.empty((d, h, w), dtype=np.uint8)
@@ -174,16 +174,16 @@ def average_to_grid(
     kept = np.empty((classes, d, h, w), dtype=np.float16) if keep_probabilities else None
     uncertainty = np.empty((d, h, w), dtype=np.float32) if with_entropy else None
     slab = max(1, max_slab_voxels // max(h * w, 1))
-    # Outside its grid a source reads as certain background (class 0 at its member count); its
-    # probabilities (float32 or float16) are converted to float32 a slab at a time, never copied whole.
-    generators = [_slabs(probabilities, affine, dst_affine, (d, h, w), slab, fill=float(count))
-                  for probabilities, affine, count in sources]
+    # Outside its grid a source reads as certain background; its probabilities (float32 or float16)
+    # are converted to float32 a slab at a time, never copied whole.
+    generators = [_slabs(probabilities, affine, dst_affine, (d, h, w), slab, fill=1.0)
+                  for probabilities, affine, _ in sources]
+    weights = [count / members for _, _, count in sources]
     for parts in zip(*generators):
         start = parts[0][0]
-        out = parts[0][1]
-        for _, part in parts[1:]:  # summed in place: no stacked copy of every source's slab
-            out += part
-        out /= members
+        out = parts[0][1].mul_(weights[0])
+        for (_, part), weight in zip(parts[1:], weights[1:]):  # in place: no stacked copy of every slab
+            out.add_(part, alpha=weight)
         stop = start + out.shape[1]
         labels[start:stop] = class_argmax(out).cpu().numpy()
         if kept is not None:
@@ -209,3 +209,44 @@ def probabilities_to_grid(
     result = average_to_grid([(probabilities, src_affine, 1)], dst_affine, dst_shape, keep_probabilities,
                              max_slab_voxels=max_slab_voxels)
     return result.labels, result.probabilities
+
+
+def _lerp_border(x: torch.Tensor, dim: int, coords: torch.Tensor) -> torch.Tensor:
+    """Linear interpolation of ``x`` along ``dim`` at fractional indices ``coords``, clamped to the
+    first and last sample outside (``grid_sample``'s border padding); float32 whatever ``x`` is."""
+    size = x.shape[dim]
+    coords = coords.clamp(0, size - 1)
+    low = torch.floor(coords)
+    shape = [1] * x.ndim
+    shape[dim] = -1
+    weight = (coords - low).float().view(shape)
+    low = low.long()
+    high = (low + 1).clamp(max=size - 1)
+    below = x.index_select(dim, low).float()
+    return below.add_((x.index_select(dim, high).float() - below).mul_(weight))
+
+
+@torch.inference_mode()
+def resample_image(
+    array: np.ndarray, mapping: np.ndarray, dst_shape: Sequence[int], max_slab_voxels: int = 2**22,
+) -> torch.Tensor:
+    """Trilinear resampling of a 3D ``array`` (any numeric dtype) onto a grid of ``dst_shape`` whose voxel
+    ``i`` sits at source voxel ``mapping @ i`` (4x4), with border padding: what MONAI's ``Spacing``
+    computes with ``grid_sample``, a destination slab at a time and never on a float copy of the whole
+    source (a 512x512x1600 CT is 1.7 GB as float32, its int16 voxels half that). Returns float32."""
+    source = torch.from_numpy(np.asarray(array))
+    d, h, w = (int(s) for s in dst_shape)
+    order = _axis_permutation(mapping[:3, :3])
+    if order is None:  # orienting and rescaling only ever permute, flip and scale axes
+        raise ValueError(f"resample_image: the map is not axis-aligned:\n{mapping}")
+    src_axes = [order.index(j) for j in range(3)]
+    aligned = source.permute(*src_axes)
+    coords = [torch.arange(n, dtype=torch.float64) * mapping[a, j] + mapping[a, 3]
+              for j, (a, n) in enumerate(zip(src_axes, (d, h, w)))]
+    out = torch.empty((d, h, w), dtype=torch.float32)
+    slab = max(1, max_slab_voxels // max(aligned.shape[1] * aligned.shape[2], 1))
+    for start in range(0, d, slab):
+        part = _lerp_border(aligned, 0, coords[0][start : start + slab])
+        part = _lerp_border(part, 1, coords[1])
+        out[start : start + part.shape[0]] = _lerp_border(part, 2, coords[2])
+    return out

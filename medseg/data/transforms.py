@@ -18,6 +18,7 @@ from monai.transforms import (
     CropForegroundd,
     MapTransform,
     NormalizeIntensityd,
+    Orientation,
     Orientationd,
     RandAffined,
     RandFlipd,
@@ -25,6 +26,7 @@ from monai.transforms import (
     RandScaleIntensityd,
     RandShiftIntensityd,
     ScaleIntensityRanged,
+    Spacing,
     Spacingd,
     Transform,
 )
@@ -33,6 +35,7 @@ from medseg.config import AugmentConfig, DataConfig
 from medseg.data.checks import label_problems
 from medseg.errors import MedsegError
 from medseg.io import Volume, read_volume
+from medseg.resample import resample_image
 
 CT_BODY_THRESHOLD_HU = -500.0
 
@@ -119,14 +122,52 @@ def intensity_transform(data: DataConfig, key: str = "image") -> Transform:
     return NormalizeIntensityd(key, channel_wise=True)
 
 
+class LoadResampledImaged(MapTransform):
+    """Read an image and put it on the grid ``Orientationd`` then ``Spacingd`` (bilinear, border padding)
+    would give, in one slab-by-slab pass from the voxels as stored: the same grid and values (tests
+    hold it to MONAI's), without the full-resolution float32 copy, its reoriented copy and the
+    sampling grid MONAI makes on the way, which for a 512x512x1600 CT come to 4 GB. The grid is
+    found by applying MONAI's two transforms lazily to a stand-in that has the image's shape and
+    affine but no voxels. Images only: label maps are resampled by MONAI, with nearest neighbours."""
+
+    def __init__(self, keys: KeysCollection, orientation: str, spacing: list[float] | None) -> None:
+        super().__init__(keys)
+        self.orient = Orientation(axcodes=orientation, labels=None, lazy=True)
+        self.rescale = Spacing(pixdim=spacing, mode="bilinear", dtype=np.float32, lazy=True) if spacing else None
+
+    def __call__(self, data: dict) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            path = d[key]
+            volume = path if isinstance(path, Volume) else read_volume(path)  # a file, or one in memory
+            affine = torch.as_tensor(volume.affine, dtype=torch.float64)
+            stand_in = MetaTensor(torch.zeros(()).expand(1, *volume.array.shape), affine=affine)
+            planned = self.orient(stand_in)
+            if self.rescale is not None:
+                planned = self.rescale(planned)
+            assert isinstance(planned, MetaTensor)  # lazy transforms of a MetaTensor only record the change
+            grid_affine = planned.peek_pending_affine().to(torch.float64)
+            shape = tuple(int(n) for n in planned.peek_pending_shape())
+            mapping = np.linalg.solve(volume.affine, grid_affine.numpy())  # grid voxel -> stored voxel
+            values = resample_image(volume.array, mapping, shape)
+            name = "<in memory>" if isinstance(path, Volume) else str(path)
+            meta = {"filename_or_obj": name, "original_affine": affine.clone(), "spatial_shape": volume.array.shape}
+            d[key] = MetaTensor(values[None], affine=grid_affine, meta=meta)
+        return d
+
+
 def preprocessing(data: DataConfig, with_label: bool = True) -> list[Transform]:
     """Deterministic steps, identical at training and inference time (needs a planned config)."""
     keys = ["image", "label"] if with_label else ["image"]
     modes = ["bilinear", "nearest"][: len(keys)]
-    loader = LoadVolumed(keys, num_classes=len(data.class_names) if data.class_names else None)
-    steps: list[Transform] = [loader, Orientationd(keys, axcodes=data.orientation, labels=None)]
-    if data.spacing:
-        steps.append(Spacingd(keys, pixdim=data.spacing, mode=modes, dtype=np.float32))
+    steps: list[Transform]
+    if with_label:
+        loader = LoadVolumed(keys, num_classes=len(data.class_names) if data.class_names else None)
+        steps = [loader, Orientationd(keys, axcodes=data.orientation, labels=None)]
+        if data.spacing:
+            steps.append(Spacingd(keys, pixdim=data.spacing, mode=modes, dtype=np.float32))
+    else:  # inference: whole scans, some of them very large
+        steps = [LoadResampledImaged(keys, data.orientation, data.spacing)]
     if data.crop_foreground:
         select = _foreground_selector(data)
         steps.append(CropForegroundd(keys, source_key="image", select_fn=select, allow_smaller=True))

@@ -1,9 +1,10 @@
 """Several trained runs as one model: the mean of their class probabilities on each input's own grid,
-then the argmax (nnU-Net's fold ensembling), slab by slab like a single model's prediction.
+then the argmax, slab by slab like a single model's prediction.
 
 Runs that preprocess alike (the folds of one cross-validation always do) are run on one preprocessed
-image and their probabilities are summed on its grid, so memory holds one probability volume per
-distinct preprocessing, not one per model.
+image and averaged on its grid, so memory holds one probability volume per distinct preprocessing, not
+one per model. Patch models that also tile alike average their logits window by window, as nnU-Net v2
+averages its folds, and keep one sliding-window buffer between them.
 """
 
 from __future__ import annotations
@@ -61,9 +62,9 @@ def _preprocessing_key(predictor: Predictor) -> str:
     return json.dumps([config["data"], strategy, config.get(strategy)], sort_keys=True, default=str)
 
 
-def _summed_probabilities(group: list[Predictor], image: torch.Tensor) -> torch.Tensor:
-    """The sum of a group's probabilities for one preprocessed image. Patch models that tile alike
-    (folds always do) see each window together, so the group stores one probability volume."""
+def _group_probabilities(group: list[Predictor], image: torch.Tensor) -> torch.Tensor:
+    """A group's probabilities for one preprocessed image: from its mean window logits where every
+    member is a patch model and they tile alike (folds do), the mean of their probabilities otherwise."""
     segmenters = [member.segmenter for member in group]
     patch_models = [s for s in segmenters if isinstance(s, PatchSegmenter)]
     if len(patch_models) == len(segmenters) and len({s.window_settings() for s in patch_models}) == 1:
@@ -73,7 +74,7 @@ def _summed_probabilities(group: list[Predictor], image: torch.Tensor) -> torch.
         probabilities = segmenter.segment(image).probabilities
         total = probabilities if total is None else total.add_(probabilities)
     assert total is not None
-    return total
+    return total.div_(len(segmenters))
 
 
 class Ensemble:
@@ -131,8 +132,8 @@ class Ensemble:
                 volume = source.volume = without_voxels(volume)
             affine, shape = original_grid(image)
             clock.lap("preprocess")
-            total = _summed_probabilities(group, image.as_tensor())
-            sources.append((total, image.affine.numpy(), len(group)))
+            probabilities = _group_probabilities(group, image.as_tensor())
+            sources.append((probabilities, image.affine.numpy(), len(group)))
             del image
             clock.lap("network")
         result = average_to_grid(sources, affine, shape, keep_probabilities, with_entropy)

@@ -94,19 +94,25 @@ class PatchSegmenter(Segmenter):
 
 @torch.inference_mode()
 def segment_together(segmenters: list[PatchSegmenter], image: torch.Tensor) -> torch.Tensor:
-    """The sum of the probabilities of several patch models with the same window settings (the folds
-    of an ensemble), each window cut once for all of them, stored as float16. A GPU that runs out of
-    memory storing them falls back to storing them on the CPU (the networks still run on the GPU)
-    instead of failing."""
+    """Probabilities (float16) from the mean logits of one or more patch models that tile alike (the
+    folds of an ensemble: nnU-Net v2 averages its folds' logits), each window cut once for all and
+    one rolling buffer whatever their number. A GPU that runs out of memory storing them falls back
+    to storing them on the CPU (the networks still run on the GPU) instead of failing."""
     first = segmenters[0]
     settings = first.window_settings()
     if any(s.window_settings() != settings for s in segmenters[1:]):
         raise ValueError("segment_together: the models tile the volume differently")
     stitches = first._stitch_devices(settings.device)
-    predictors = [s.window_logits for s in segmenters]
+
+    def mean_logits(inputs: torch.Tensor) -> torch.Tensor:
+        total = segmenters[0].window_logits(inputs)
+        for other in segmenters[1:]:
+            total.add_(other.window_logits(inputs))
+        return total.div_(len(segmenters))
+
     for attempt, stitch in enumerate(stitches):
         try:
-            return sliding_window_probabilities(image, predictors, settings, stitch)
+            return sliding_window_probabilities(image, mean_logits, settings, stitch)
         except torch.OutOfMemoryError:
             if attempt + 1 == len(stitches):
                 raise MedsegError(f"out of memory predicting a volume of {tuple(image.shape[1:])} voxels, "

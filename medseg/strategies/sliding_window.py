@@ -5,12 +5,11 @@ float32, with a count map beside them: for 8 classes and the 244x202x960 grid of
 1.7 GB before the softmax, and an ensemble holds one such volume per member as it runs. Here windows
 are visited in order of their start along the longest axis; once every window that reaches a row has
 been added, the row is final, so it is normalised, turned into probabilities and handed on, and the
-rolling buffer only ever spans one window along that axis. Several predictors (the folds of an
-ensemble) see each window once and each keep their own rolling buffer, so what leaves here is the sum
-of their probabilities, which the caller can store as float16 (as nnU-Net v2 stores its logits).
+rolling buffer only ever spans one window along that axis. The caller can store the probabilities as
+float16 (nnU-Net v2 stores its logits so).
 
 Window positions, padding of volumes smaller than a window and the importance map (gaussian or
-constant) follow MONAI's rules exactly, so a single predictor's probabilities equal the softmax of
+constant) follow MONAI's rules exactly, so the probabilities equal the softmax of
 ``SlidingWindowInferer``'s output (tests hold it to that).
 """
 
@@ -55,11 +54,11 @@ def _padding(shape: Sequence[int], roi: Sequence[int]) -> list[tuple[int, int]]:
 
 
 def stream_probabilities(
-    image: torch.Tensor, predictors: Sequence[WindowPredictor], settings: WindowSettings,
+    image: torch.Tensor, predict: WindowPredictor, settings: WindowSettings,
 ) -> Iterator[tuple[int, int, int, torch.Tensor]]:
-    """Yield ``(axis, start, stop, probabilities)``: the sum over ``predictors`` of their softmax
-    probabilities [K, ...] for rows ``start:stop`` along spatial ``axis`` of ``image`` [C, D, H, W], in
-    order, covering the whole volume. Each predictor's window logits are blended as MONAI blends them."""
+    """Yield ``(axis, start, stop, probabilities)``: the softmax probabilities [K, ...] of the blended
+    window logits for rows ``start:stop`` along spatial ``axis`` of ``image`` [C, D, H, W], in order,
+    covering the whole volume."""
     shape = list(image.shape[1:])
     roi = list(settings.roi)
     padding = _padding(shape, roi)
@@ -73,7 +72,7 @@ def stream_probabilities(
     weight = compute_importance_map(tuple(roi), mode=settings.blend, device=settings.device, dtype=torch.float32)
     buffer_shape = list(padded)
     buffer_shape[axis] = roi[axis]
-    sums: list[torch.Tensor] | None = None  # one rolling buffer of weighted logits per predictor
+    sums: torch.Tensor | None = None  # the rolling buffer of weighted logits
     counts = torch.zeros([1, *buffer_shape], device=settings.device)
     along = starts[axis]
     for step, start in enumerate(along):
@@ -82,24 +81,19 @@ def stream_probabilities(
             batch = corners[first : first + settings.batch_size]
             windows = [tuple(slice(c[a], c[a] + roi[a]) for a in range(3)) for c in batch]
             inputs = torch.stack([image[(slice(None), *w)] for w in windows]).to(settings.device)
-            outputs = [predict(inputs).float() * weight for predict in predictors]
+            outputs = predict(inputs).float().mul_(weight)
             if sums is None:
-                sums = [torch.zeros([o.shape[1], *buffer_shape], device=settings.device) for o in outputs]
-            for index, window in enumerate(windows):
+                sums = torch.zeros([outputs.shape[1], *buffer_shape], device=settings.device)
+            for output, window in zip(outputs, windows):
                 local = list(window)
                 local[axis] = slice(0, roi[axis])
                 counts[(slice(None), *local)] += weight
-                for total, output in zip(sums, outputs):
-                    total[(slice(None), *local)] += output[index]
+                sums[(slice(None), *local)] += output
         assert sums is not None
         final = (along[step + 1] if step + 1 < len(along) else padded[axis]) - start  # rows no later window reaches
-        probabilities = None
-        for total in sums:
-            logits = total.narrow(axis + 1, 0, final) / counts.narrow(axis + 1, 0, final)
-            probabilities = softmax_(logits) if probabilities is None else probabilities.add_(softmax_(logits))
-        assert probabilities is not None
+        probabilities = softmax_(sums.narrow(axis + 1, 0, final) / counts.narrow(axis + 1, 0, final))
         yield from _unpadded(axis, start, final, probabilities, padding, shape)
-        for buffer in [*sums, counts]:  # roll: the next window starts ``final`` rows further on
+        for buffer in (sums, counts):  # roll: the next window starts ``final`` rows further on
             kept = buffer.narrow(axis + 1, final, roi[axis] - final).clone()
             buffer.zero_().narrow(axis + 1, 0, roi[axis] - final).copy_(kept)
 
@@ -117,13 +111,13 @@ def _unpadded(axis: int, start: int, rows: int, probabilities: torch.Tensor, pad
 
 
 def sliding_window_probabilities(
-    image: torch.Tensor, predictors: Sequence[WindowPredictor], settings: WindowSettings, device: torch.device,
+    image: torch.Tensor, predict: WindowPredictor, settings: WindowSettings, device: torch.device,
     dtype: torch.dtype = torch.float16,
 ) -> torch.Tensor:
-    """The sum over ``predictors`` of their probabilities [K, D, H, W] for ``image`` [C, D, H, W], stored
-    on ``device`` as ``dtype`` (float16 by default: half the memory, ample for an argmax or a mean)."""
+    """The probabilities [K, D, H, W] for ``image`` [C, D, H, W], stored on ``device`` as ``dtype``
+    (float16 by default: half the memory, ample for an argmax or a mean)."""
     result: torch.Tensor | None = None
-    for axis, start, stop, probabilities in stream_probabilities(image, predictors, settings):
+    for axis, start, stop, probabilities in stream_probabilities(image, predict, settings):
         if result is None:
             result = torch.empty((probabilities.shape[0], *image.shape[1:]), dtype=dtype, device=device)
         result.narrow(axis + 1, start, stop - start).copy_(probabilities)

@@ -32,10 +32,13 @@ def test_the_mean_of_several_sources_is_resampled_and_argmaxed_slab_by_slab():
     mean = probabilities_to_grid((a + b) / 2, grid, target, shape, keep_probabilities=True)
     separate = average_to_grid([(a, grid, 1), (b, grid, 1)], target, shape, keep_probabilities=True,
                                max_slab_voxels=14 * 10 * 3)
-    summed = average_to_grid([(a + b, grid, 2)], target, shape, keep_probabilities=True)
-    for result in (separate, summed):
+    averaged = average_to_grid([((a + b) / 2, grid, 2)], target, shape, keep_probabilities=True)
+    for result in (separate, averaged):
         np.testing.assert_array_equal(result.labels, mean[0])
         np.testing.assert_allclose(result.probabilities.astype(np.float32), mean[1].astype(np.float32), atol=2e-3)
+    weighted = average_to_grid([(a, grid, 1), (b.half(), grid, 3)], target, shape, keep_probabilities=True)
+    expected = probabilities_to_grid((a + 3 * b) / 4, grid, target, shape, keep_probabilities=True)[1]
+    np.testing.assert_allclose(weighted.probabilities.astype(np.float32), expected.astype(np.float32), atol=2e-3)
     torch.testing.assert_close(a, _softmax((3, 6, 7, 5), 0))  # the caller's tensors are given back as they were
 
 

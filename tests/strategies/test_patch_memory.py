@@ -3,6 +3,7 @@ CPU. No GPU runs the tests: the first attempt raises a simulated out-of-memory e
 
 import pytest
 import torch
+from monai.inferers import SlidingWindowInferer
 
 from medseg.config import load_config
 from medseg.errors import MedsegError
@@ -30,11 +31,11 @@ def test_out_of_memory_falls_back_to_cpu_stitching_with_the_same_result(monkeypa
     tried = []
     real = patch.sliding_window_probabilities
 
-    def first_attempt_runs_out(image, predictors, settings, stitch):
+    def first_attempt_runs_out(image, predict, settings, stitch):
         tried.append(stitch)
         if len(tried) == 1:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(image, predictors, settings, stitch)
+        return real(image, predict, settings, stitch)
 
     monkeypatch.setattr(patch, "sliding_window_probabilities", first_attempt_runs_out)
     monkeypatch.setattr(segmenter, "_stitch_devices", lambda device: [CUDA, CPU])
@@ -47,10 +48,28 @@ def test_out_of_memory_falls_back_to_cpu_stitching_with_the_same_result(monkeypa
 def test_out_of_memory_everywhere_is_one_clear_error(monkeypatch):
     segmenter = _segmenter()
 
-    def always(image, predictors, settings, stitch):
+    def always(image, predict, settings, stitch):
         raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
 
     monkeypatch.setattr(patch, "sliding_window_probabilities", always)
     monkeypatch.setattr(segmenter, "_stitch_devices", lambda device: [CUDA, CPU])
     with pytest.raises(MedsegError, match="out of memory .* lower infer.sw_batch_size"):
         segmenter.segment(torch.randn(1, 40, 36, 24))
+
+
+@torch.inference_mode()
+def test_folds_predict_together_from_their_mean_window_logits():
+    """An ensemble of patch folds: one sliding window over the mean of their logits (nnU-Net v2's fold
+    averaging), against MONAI's inferer run on that mean as the oracle."""
+    first, second = _segmenter(), _segmenter()
+    torch.manual_seed(1)
+    for parameter in second.network.parameters():
+        parameter.data.normal_(0, 0.1)
+    image = torch.randn(1, 40, 36, 24, generator=torch.Generator().manual_seed(3))
+    together = patch.segment_together([first, second], image)
+    settings = first.window_settings()
+    inferer = SlidingWindowInferer(roi_size=settings.roi, sw_batch_size=settings.batch_size, overlap=settings.overlap,
+                                   mode=settings.blend)
+    mean = inferer(image[None], lambda x: (first.network(x) + second.network(x)) / 2)[0]
+    torch.testing.assert_close(together.float(), torch.softmax(mean, 0), atol=1e-3, rtol=0)
+    assert not torch.allclose(together.float(), first.segment(image).probabilities.float(), atol=1e-2)
