@@ -9,6 +9,8 @@ organ would be displaced. Both are refused with a clear message rather than pred
 from __future__ import annotations
 
 import atexit
+import ctypes
+import ctypes.util
 import shutil
 import tempfile
 import zipfile
@@ -51,6 +53,16 @@ def _header(path: str) -> sitk.ImageFileReader:
     return reader
 
 
+def _give_back_freed_memory() -> None:
+    """Return freed heap memory to the system (glibc only). GDCM reads every file of a folder whole
+    to group and order its series, and frees the lot, but glibc keeps it: 830 MB for a
+    512x512x1600 series, which the scan's own voxels, allocated afterwards, would come on top of."""
+    library = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(library), "malloc_trim", None) if library else None
+    if trim is not None:
+        trim(0)
+
+
 def series_in(folder: Path) -> list[SeriesInfo]:
     """The DICOM series directly in ``folder`` (GDCM's grouping and slice order)."""
     found = []
@@ -59,6 +71,7 @@ def series_in(folder: Path) -> list[SeriesInfo]:
         first = _header(files[0])
         found.append(SeriesInfo(uid, files, _tag(first, SERIES_TAGS["modality"]),
                                 _tag(first, SERIES_TAGS["description"])))
+    _give_back_freed_memory()
     return found
 
 
@@ -140,18 +153,41 @@ def lossless_integer_type(headers: list[sitk.ImageFileReader]) -> int | None:
     return sitk.sitkInt16 if low >= -(2**15) and high < 2**15 else sitk.sitkInt32
 
 
-def read_series(folder: Path, uid: str | None = None) -> sitk.Image:
-    """The chosen series of ``folder`` as one volume, after the geometry checks, in the smallest type
-    that holds its values exactly."""
+SLICES_AT_A_TIME = 64  # a series is read in runs of this many files into the one output array
+
+
+def read_series(folder: Path, uid: str | None = None,
+                slices_at_a_time: int = SLICES_AT_A_TIME) -> tuple[np.ndarray, sitk.Image]:
+    """The chosen series of ``folder``, after the geometry checks, as voxels in (x, y, z) order, in the
+    smallest type that holds its values exactly, and an image with the series' origin, spacing and
+    direction. Read a run of slices at a time into one array: reading a whole series at once holds it
+    twice over (GDCM's buffers, then the copy out of SimpleITK), 3.4 GB for a 512x512x1600 CT."""
     series = choose_series(folder, uid)
-    headers = [_header(f) for f in series.files]
-    check_series_geometry(folder, series.files, headers)
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(series.files)
+    files = series.files
+    headers = [_header(f) for f in files]
+    check_series_geometry(folder, files, headers)
     pixel_type = lossless_integer_type(headers)
-    if pixel_type is not None:
-        reader.SetOutputPixelType(pixel_type)
-    return reader.Execute()
+    slices_at_a_time = max(slices_at_a_time, 2)  # SimpleITK takes the slice spacing from a run's first two
+    starts = list(range(0, len(files), slices_at_a_time))
+    if len(starts) > 1 and len(files) - starts[-1] < 2:  # so every run but a one-slice series has two
+        starts[-1] -= 1
+    array: np.ndarray | None = None
+    geometry: sitk.Image | None = None
+    for start in starts:
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(files[start : start + slices_at_a_time])
+        reader.SetOutputPixelType(pixel_type if pixel_type is not None else sitk.sitkFloat32)
+        image = reader.Execute()
+        if image.GetNumberOfComponentsPerPixel() != 1:
+            raise MedsegError(f"{folder}: expected one value per voxel, got {image.GetNumberOfComponentsPerPixel()} "
+                              "components (a colour series?)")
+        voxels = sitk.GetArrayViewFromImage(image).transpose(2, 1, 0)  # [z, y, x] -> [x, y, z]
+        if array is None:
+            array = np.empty((*voxels.shape[:2], len(files)), dtype=voxels.dtype)
+            geometry = image
+        array[:, :, start : start + voxels.shape[2]] = voxels
+    assert array is not None and geometry is not None  # a chosen series has at least one file
+    return array, geometry
 
 
 _TEMPORARY: list[Path] = []  # folders made for this process's inputs, removed when it exits

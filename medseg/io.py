@@ -76,12 +76,6 @@ def _sitk_affine(image: sitk.Image | sitk.ImageFileReader) -> np.ndarray:
     return _LPS_TO_RAS @ affine
 
 
-def _read_sitk(path: Path) -> sitk.Image:
-    if path.is_dir():
-        return read_series(path)  # one series per folder, checked for gantry tilt and uneven spacing
-    return sitk.ReadImage(str(path))
-
-
 def _require_3d(path: Path, shape: tuple[int, ...]) -> tuple[int, int, int]:
     # Trailing singleton axes (x, y, z, 1) are common in NIfTI exports and harmless.
     while len(shape) > 3 and shape[-1] == 1:
@@ -121,9 +115,9 @@ def read_header(path: str | os.PathLike) -> tuple[tuple[int, int, int], np.ndarr
         if _is_nifti(path):
             nifti = _load_nifti(path)
             shape, affine = tuple(int(s) for s in nifti.shape), np.asarray(nifti.affine, dtype=np.float64)
-        elif path.is_dir():
-            image = _read_sitk(path)
-            shape, affine = tuple(int(s) for s in image.GetSize()), _sitk_affine(image)
+        elif path.is_dir():  # a series' geometry needs its slices' positions: read it
+            array, geometry = read_series(path)
+            shape, affine = tuple(int(s) for s in array.shape), _sitk_affine(geometry)
         else:
             reader = sitk.ImageFileReader()
             reader.SetFileName(str(path))
@@ -146,8 +140,11 @@ def read_volume(path: str | os.PathLike) -> Volume:
             array = np.asanyarray(nifti.dataobj)
             header: nib.Nifti1Header | None = nifti.header
             affine = np.asarray(nifti.affine, dtype=np.float64)
+        elif path.is_dir():  # one series per folder, checked for gantry tilt and uneven spacing
+            array, geometry = read_series(path)
+            header, affine = None, _sitk_affine(geometry)
         else:
-            image = _read_sitk(path)
+            image = sitk.ReadImage(str(path))
             if image.GetNumberOfComponentsPerPixel() != 1:
                 raise MedsegError(
                     f"{path}: expected one value per voxel, got {image.GetNumberOfComponentsPerPixel()} components"

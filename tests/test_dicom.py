@@ -6,6 +6,7 @@ import zipfile
 
 import nibabel as nib
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
 from medseg.cli import main
@@ -115,3 +116,22 @@ def test_a_ct_series_is_read_in_the_integer_type_that_holds_its_hounsfield_units
     scaled = read_volume(tmp_path / "scaled")
     assert scaled.array.dtype.kind == "f"
     np.testing.assert_allclose(scaled.array, hounsfield.transpose(2, 1, 0) * 0.5)
+
+
+@pytest.mark.parametrize("orientation, reverse_files", [((1, 0, 0, 0, 1, 0), False), ((-1, 0, 0, 0, 1, 0), True)])
+def test_a_series_read_a_few_slices_at_a_time_is_the_series_read_whole(tmp_path, orientation, reverse_files):
+    """Large series are read in runs of slices into one array (no second whole copy); SimpleITK reading
+    every file at once is the oracle for the voxels and the geometry, whatever the files' order on disk."""
+    from medseg.dicom import choose_series, read_series
+    from tests.helpers import write_ct_series
+
+    hounsfield = np.random.default_rng(4).integers(-1024, 3000, (7, 12, 10)).astype(np.int16)
+    write_ct_series(tmp_path / "ct", hounsfield, orientation=orientation, reverse_files=reverse_files)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(choose_series(tmp_path / "ct").files)
+    whole = reader.Execute()
+    for runs_of in (1, 2, 3, 64):  # 7 slices: runs of 3 end with a run that starts one slice early
+        array, geometry = read_series(tmp_path / "ct", slices_at_a_time=runs_of)
+        np.testing.assert_array_equal(array, sitk.GetArrayFromImage(whole).transpose(2, 1, 0))
+        for attribute in ("GetOrigin", "GetSpacing", "GetDirection"):
+            np.testing.assert_allclose(getattr(geometry, attribute)(), getattr(whole, attribute)(), atol=1e-6)
