@@ -14,7 +14,13 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from medseg.resample import _axis_permutation, _grid_sample_slabs, _separable_slabs, probabilities_to_grid
+from medseg.resample import (
+    _axis_permutation,
+    _grid_sample_slabs,
+    _separable_slabs,
+    average_to_grid,
+    probabilities_to_grid,
+)
 
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 FLOAT16_TOLERANCE = 2e-3  # float16 keeps ~3 decimals: half a unit in the last place is 2.4e-4 just below 1
@@ -166,3 +172,24 @@ def test_separable_path_matches_grid_sample_including_the_border_band(fill):
     slow = torch.cat([s for _, s in _grid_sample_slabs(probs, mapping, shape, 5, fill)], dim=1)
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
     assert _axis_permutation(np.array([[0.9, 0.1, 0], [-0.1, 0.9, 0], [0, 0, 1.0]])) is None
+
+
+@pytest.mark.parametrize("mapping", [
+    np.array([[0.4, 0, 0, -0.7], [0, 0.55, 0, 0.2], [0, 0, 0.8, -1.0], [0, 0, 0, 1]]),  # finer, partly outside
+    np.array([[0, 0.6, 0, 0.3], [0, 0, -0.45, 6.2], [0.8, 0, 0, -1.5], [0, 0, 0, 1]]),  # permuted and flipped
+])
+def test_labels_alone_come_from_the_cells_that_change_and_equal_full_interpolation(mapping):
+    """Labels without probabilities are interpolated only in cells whose corners disagree: the same
+    labels as interpolating every class everywhere, the path kept for probabilities and the oracle."""
+    coarse = torch.randn(4, 3, 3, 3, generator=torch.Generator().manual_seed(5))
+    smooth = torch.nn.functional.interpolate(coarse[None], size=(9, 7, 8), mode="trilinear")[0]
+    probs = torch.softmax(3 * smooth, dim=0)  # regions of one label with boundaries between them
+    src_affine = np.eye(4)
+    dst_affine = mapping  # destination voxel -> source voxel, as the source's affine is the identity
+    shape = (21, 17, 15)
+    fast = average_to_grid([(probs, src_affine, 1)], dst_affine, shape)
+    full = average_to_grid([(probs, src_affine, 1)], dst_affine, shape, keep_probabilities=True)
+    assert len(np.unique(fast.labels)) >= 3 and (fast.labels == 0).any()
+    np.testing.assert_array_equal(fast.labels, full.labels)
+    half = average_to_grid([(probs.half(), src_affine, 1)], dst_affine, shape)
+    assert (half.labels != full.labels).mean() < 0.01
