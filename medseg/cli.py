@@ -124,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partial-classes", nargs="+", default=[], metavar="NAME",
                    help="classes not every ground truth annotates: scored only on the cases that hold them")
 
+    p = sub.add_parser("report", help="an HTML page of one or more runs: curves, per-case Dice, overlays, config",
+                       usage="medseg report RUN_DIR [RUN_DIR ...] -o DIR")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders written by 'medseg train'")
+    p.add_argument("-o", "--output", required=True, help="new folder for index.html and its pictures")
+
     p = sub.add_parser("check", help="validate a dataset folder; one problem per line")
     p.add_argument("dataset")
 

@@ -3,7 +3,7 @@
 Layers, top to bottom (a module may import its own package and anything in a lower layer; packages in
 one layer do not import each other):
 
-    cli -> commands, benchmark -> workflows -> inference -> strategies, models2d, ssl -> engine -> planning
+    cli -> commands, benchmark -> workflows, report -> inference -> strategies, models2d, ssl -> engine -> planning
         -> data, networks, losses, evaluation -> metrics, resample -> regions, config, registry -> io -> dicom
         -> errors
 
@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "medseg"
 LAYERS = [
     ["cli"],
     ["commands", "benchmark"],
-    ["workflows"],
+    ["workflows", "report"],
     ["inference"],
     ["strategies", "models2d", "ssl"],
     ["engine"],
