@@ -98,7 +98,7 @@ def _overlays(run: RunRecord, slug: str, folder: Path) -> str:
             parts.append(f'<p class="note">{rank}: {html.escape(case_id)} (image or prediction missing)</p>')
             continue
         name = f"{slug}_overlay_{rank}.png"
-        plots.overlay(case.image, case.label, prediction, len(run.class_names) + 1,
+        plots.overlay(case.image, case.label, prediction, run.class_names,
                       f"{rank}: {case_id}, mean Dice {mean:.3f}", folder / name)
         parts.append(f'<img src="{name}" alt="{rank} case {html.escape(case_id)}">')
     return "".join(parts)

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 from medseg.io import read_volume  # noqa: E402
 from medseg.report.runs import RunRecord  # noqa: E402
@@ -59,8 +60,10 @@ def training_curves(run: RunRecord, path: Path) -> None:
 def compared_curves(runs: list[RunRecord], path: Path) -> None:
     """Mean validation Dice of several runs against steps and against minutes, on shared axes."""
     figure, (by_step, by_time) = plt.subplots(1, 2, figsize=(11, 3.4))
+    keys = set()
     for run in runs:
         key, x = _x_axis(run.log)
+        keys.add(key)
         rows = [(xi, row) for xi, row in zip(x, run.log) if isinstance(row.get("val_mean_dice"), (int, float))]
         if not rows:
             continue
@@ -68,7 +71,8 @@ def compared_curves(runs: list[RunRecord], path: Path) -> None:
         timed = [(r["elapsed_min"], r["val_mean_dice"]) for _, r in rows if "elapsed_min" in r]
         if timed:
             by_time.plot(*zip(*timed), label=run.name)
-    for axes, label in ((by_step, "optimiser steps"), (by_time, "minutes")):
+    steps = "optimiser steps" if keys == {"step"} else " or ".join(sorted(keys))  # older logs count epochs
+    for axes, label in ((by_step, steps), (by_time, "minutes")):
         axes.set_xlabel(label)
         axes.set_ylabel("mean validation Dice")
         axes.set_ylim(0, 1)
@@ -109,10 +113,11 @@ def _planes(volume: np.ndarray, centre: tuple[int, int, int]) -> list[np.ndarray
     return [np.rot90(volume[:, :, z]), np.rot90(volume[:, y, :]), np.rot90(volume[x, :, :])]
 
 
-def overlay(image_path: Path, label_path: Path | None, prediction_path: Path, classes: int, title: str,
+def overlay(image_path: Path, label_path: Path | None, prediction_path: Path, class_names: list[str], title: str,
             path: Path) -> None:
     """Three planes through the centre of the ground truth (else of the prediction): the image with
-    the ground truth above and the prediction below."""
+    the ground truth above and the prediction below, and which colour is which class."""
+    classes = len(class_names) + 1
     image, prediction = _canonical(image_path), _canonical(prediction_path)
     truth = _canonical(label_path) if label_path is not None else None
     focus = truth if truth is not None and truth.any() else prediction
@@ -132,4 +137,8 @@ def overlay(image_path: Path, label_path: Path | None, prediction_path: Path, cl
             axes.set_title(f"{name}, {plane}", fontsize=9)
             axes.axis("off")
     figure.suptitle(title, fontsize=10)
-    _save(figure, path)
+    handles = [Patch(color=colours(k), alpha=0.6, label=name) for k, name in enumerate(class_names, start=1)]
+    figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=8, frameon=False)
+    figure.tight_layout(rect=(0, 0.05, 1, 1))
+    figure.savefig(path, dpi=DPI)
+    plt.close(figure)
