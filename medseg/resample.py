@@ -302,7 +302,7 @@ def _lerp_border(x: torch.Tensor, dim: int, coords: torch.Tensor) -> torch.Tenso
     return below.add_((x.index_select(dim, high).float() - below).mul_(weight))
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: the preprocessing after it changes the image in place
 def resample_image(
     array: np.ndarray, mapping: np.ndarray, dst_shape: Sequence[int], max_slab_voxels: int = 2**22,
 ) -> torch.Tensor:

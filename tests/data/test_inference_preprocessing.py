@@ -56,6 +56,14 @@ def test_a_scan_is_never_copied_whole_as_float():
     np.testing.assert_array_equal(volume.array, before)
 
 
+def test_the_loaded_image_can_be_normalised_in_place():
+    """Preprocessing after the load changes the image in place (MRI z-scoring): it must not come out
+    as an inference-mode tensor, which refuses that outside inference mode."""
+    image = LoadResampledImaged(["image"], "RAS", [1.5, 1.5, 2.0])({"image": _scan(np.int16, (1, 1, 1))})["image"]
+    assert not image.is_inference()
+    image.sub_(image.mean())
+
+
 def test_inference_preprocessing_loads_in_one_pass_and_training_with_monai():
     data = load_config(None, [*TINY, "data.class_names=[a,b]", "data.spacing=[1,1,2]"]).data
     assert isinstance(preprocessing(data, with_label=False)[0], LoadResampledImaged)
