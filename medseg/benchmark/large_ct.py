@@ -115,7 +115,8 @@ def measure_infer(spec: str) -> None:
     print its wall time, the first case's time split and the peak memory."""
     options = json.loads(spec)
     runs = expand_models(options["models"])
-    model = Predictor(runs[0]) if len(runs) == 1 else Ensemble(runs)
+    overrides = options.get("overrides", [])
+    model = Predictor(runs[0], overrides=overrides) if len(runs) == 1 else Ensemble(runs, overrides=overrides)
     output = Path(options["output"])
     start = time.perf_counter()
     report = predict_batch(model, list_inputs(options["inputs"]), output, progress=False, log=lambda _: None,

@@ -176,6 +176,10 @@ def make_plan(fp: Fingerprint, class_names: list[str], modality: str, strategy: 
     plan.set("data", "partial_classes", rules.partial_classes(fp, class_names))
     plan.set("data.augment", "flip_axes", rules.mirror_axes(fp, class_names))
     STRATEGY_RULES[strategy](plan, fp, [float(v) for v in chosen.value], compute)
+    if strategy == "patch":
+        plan.set("infer", "sw_batch_size", Planned(1, "windows one at a time: on a CPU batching them is slower and "
+                                                      "holds 4x the activations") if device == "cpu"
+                 else Planned(4, "four windows a batch keep a GPU busy"))
     iterations = 250 if compute >= 200 else 50
     plan.set("train", "iterations_per_epoch", Planned(iterations, "steps between validations and checkpoints"))
     plan.set("train", "max_epochs", Planned(1000, "the time budget ends the run first"))
