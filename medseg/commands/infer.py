@@ -38,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
     )
     part = f" (part {args.part_id} of {args.num_parts})" if args.num_parts > 1 else ""
     print(f"{output}{part}: {report.line()}")
-    for failure in report.failed:
-        print(f"error: {failure.input}: {failure.error}", file=sys.stderr)
+    for failure in report.failed:  # most errors name their file already
+        error = failure.error or "failed"
+        named = error if error.startswith(str(failure.input)) else f"{failure.input}: {error}"
+        print(f"error: {named}", file=sys.stderr)
     return 1 if report.failed else 0
