@@ -40,6 +40,12 @@ from medseg.resample import resample_image
 CT_BODY_THRESHOLD_HU = -500.0
 
 
+def _source_meta(path: object, volume: Volume, affine: torch.Tensor) -> dict:
+    """What inference maps a prediction back with: the scan's name, affine and shape as read."""
+    name = "<in memory>" if isinstance(path, Volume) else str(path)
+    return {"filename_or_obj": name, "original_affine": affine.clone(), "spatial_shape": volume.array.shape}
+
+
 class LoadVolumed(MapTransform):
     """Read each key's path with ``medseg.io`` into a channel-first MetaTensor carrying its affine.
 
@@ -61,8 +67,7 @@ class LoadVolumed(MapTransform):
             dtype = np.uint8 if key == "label" else np.float32
             array = torch.from_numpy(volume.array.astype(dtype, copy=False)[None])
             affine = torch.as_tensor(volume.affine)
-            name = "<in memory>" if isinstance(path, Volume) else str(path)
-            meta = {"filename_or_obj": name, "original_affine": affine.clone(), "spatial_shape": volume.array.shape}
+            meta = _source_meta(path, volume, affine)
             d[key] = MetaTensor(array, affine=affine, meta=meta)
         return d
 
@@ -150,8 +155,7 @@ class LoadResampledImaged(MapTransform):
             shape = tuple(int(n) for n in planned.peek_pending_shape())
             mapping = np.linalg.solve(volume.affine, grid_affine.numpy())  # grid voxel -> stored voxel
             values = resample_image(volume.array, mapping, shape)
-            name = "<in memory>" if isinstance(path, Volume) else str(path)
-            meta = {"filename_or_obj": name, "original_affine": affine.clone(), "spatial_shape": volume.array.shape}
+            meta = _source_meta(path, volume, affine)
             d[key] = MetaTensor(values[None], affine=grid_affine, meta=meta)
         return d
 
