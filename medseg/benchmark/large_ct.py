@@ -42,7 +42,9 @@ from medseg.benchmark.inference_cases import (
     peak_rss_gb,
     random_run,
 )
+from medseg.benchmark.machine import provenance
 from medseg.data.datasets import list_inputs
+from medseg.engine.run_folder import write_json
 from medseg.inference import Predictor
 from medseg.inference.batch import predict_batch
 from medseg.inference.ensemble import FOLD_PREFIX, Ensemble, expand_models
@@ -145,17 +147,23 @@ def _infer(models: list[Path], inputs: Path, output: Path, output_format: str = 
     return _child("--measure-infer", json.dumps(spec))
 
 
-def _row(name: str, result: dict) -> str:
-    """One case: its seconds (the case itself, as the batch summary timed it), peak memory, split."""
-    stages = result.get("stages", {})
+def _record(name: str, slices: int, result: dict) -> dict:
+    """One case as ``results.json`` keeps it: its seconds (the case itself, as the batch summary timed it),
+    peak memory, time split, and end to end over read + network + write (None without a split)."""
+    stages = {s: result["stages"][s] for s in STAGES if s in result.get("stages", {})}
     seconds = result.get("case_seconds", result["seconds"])
-    split = " ".join(f"{s} {stages[s]:5.1f}" for s in STAGES if s in stages)
     core = sum(stages.get(s, 0.0) for s in ("read", "network", "write"))
-    ratio = f", end-to-end {seconds / core:.2f}x read+network+write" if core else ""
-    return f"  {name:44s} {seconds:6.1f} s, peak {result['peak_gb']:.2f} GB  [{split}]{ratio}"
+    return {"name": name, "slices": slices, "seconds": seconds, "peak_gb": result["peak_gb"], "stages": stages,
+            "end_to_end": seconds / core if core else None}
 
 
-def prefetch_gain(scan: Path, run: Path, work: Path, copies: int = 3) -> str:
+def _row(record: dict) -> str:
+    split = " ".join(f"{s} {t:5.1f}" for s, t in record["stages"].items())
+    ratio = f", end-to-end {record['end_to_end']:.2f}x read+network+write" if record["end_to_end"] else ""
+    return f"  {record['name']:44s} {record['seconds']:6.1f} s, peak {record['peak_gb']:.2f} GB  [{split}]{ratio}"
+
+
+def prefetch_gain(scan: Path, run: Path, work: Path, copies: int = 3) -> dict:
     """A folder of ``copies`` scans predicted with and without reading ahead, in that order and back."""
     folder = work / "prefetch_inputs"
     folder.mkdir()
@@ -167,8 +175,7 @@ def prefetch_gain(scan: Path, run: Path, work: Path, copies: int = 3) -> str:
             result = _infer([run], folder, work / f"prefetch_{prefetch}_{repeat}", prefetch=prefetch)
             walls[prefetch].append(result["seconds"])
     plain, ahead = (sum(walls[v]) / len(walls[v]) for v in (False, True))
-    return (f"  {copies} scans, one model -> NIfTI: {plain:.1f} s without prefetch, {ahead:.1f} s with "
-            f"(mean of 2 runs each, alternating), {plain / ahead:.2f}x")
+    return {"scans": copies, "seconds_without": plain, "seconds_with": ahead, "gain": plain / ahead}
 
 
 def main() -> None:
@@ -207,23 +214,32 @@ def main() -> None:
         for k in range(args.folds):
             random_run("openkbp_patch", kbp, LARGE_CT_OVERRIDES, folds / f"{FOLD_PREFIX}{k}", seed=k)
     base = make_large_ct(args.data / "ct_example" / "example_ct.nii.gz", work / "base_280.nii.gz")
+    model = f"8-class patch network (1.5x1.5x2 mm, 96^3 windows, overlap 0.25), {weights}"
+    summary: dict = {**provenance(), "model": model, "folds": args.folds, "cases": [], "prefetch": None}
     for slices in (int(s) for s in args.slices.split(",")):
         case = work / f"ct_{slices}"
         (case / "nifti").mkdir(parents=True)
         nifti = tall_ct(base, slices, case / "nifti" / f"ct_{slices}.nii.gz")
         write_series(nifti, case / "dicom" / f"ct_{slices}")
         print(f"\n512x512x{slices}:", flush=True)
-        result = _infer([single], case / "nifti", case / "pred_single")
-        print(_row("medseg infer, 1 model -> NIfTI", result), flush=True)
-        print(_row(f"medseg infer, {args.folds}-fold ensemble -> DICOM SEG",
-                   _infer([folds], case / "dicom", case / "pred_ensemble_seg", "dicom-seg")),
-              flush=True)
+        single_result = _infer([single], case / "nifti", case / "pred_single")
+        records = [_record("medseg infer, 1 model -> NIfTI", slices, single_result),
+                   _record(f"medseg infer, {args.folds}-fold ensemble -> DICOM SEG", slices,
+                           _infer([folds], case / "dicom", case / "pred_ensemble_seg", "dicom-seg"))]
         if slices <= args.monai_up_to:
-            result = _child("--monai-reference", str(single), str(nifti), str(case / "pred_monai"))
-            print(_row("MONAI bundle-style script, 1 model -> NIfTI", result), flush=True)
+            records.append(_record("MONAI bundle-style script, 1 model -> NIfTI", slices,
+                                   _child("--monai-reference", str(single), str(nifti), str(case / "pred_monai"))))
+        for record in records:
+            print(_row(record), flush=True)
+        summary["cases"] += records
+        write_json(work / "results.json", summary)
     if args.prefetch_copies:
-        print(f"\nreading ahead, 512x512x{LARGE_CT_SHAPE[2]}:", flush=True)
-        print(prefetch_gain(base, single, work, args.prefetch_copies), flush=True)
+        gain = prefetch_gain(base, single, work, args.prefetch_copies)
+        print(f"\nreading ahead, 512x512x{LARGE_CT_SHAPE[2]}:\n  {gain['scans']} scans, one model -> NIfTI: "
+              f"{gain['seconds_without']:.1f} s without prefetch, {gain['seconds_with']:.1f} s with "
+              f"(mean of 2 runs each, alternating), {gain['gain']:.2f}x", flush=True)
+        summary["prefetch"] = gain
+        write_json(work / "results.json", summary)
 
 
 if __name__ == "__main__":
