@@ -8,11 +8,18 @@ import math
 from pathlib import Path
 
 import torch
+from torchvision.ops import masks_to_boxes
 from torchvision.transforms.functional import to_pil_image
-from torchvision.utils import make_grid
+from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks, make_grid
 
-from medseg.engine.pictures import class_colour, overlay_uint8
+from medseg.engine.pictures import class_colour, grey_uint8, overlay_uint8
 from medseg.io import atomic_output
+from medseg.models2d.base import Prediction2D
+
+# Instances get colours of their own, so that two touching objects of one class stay apart.
+INSTANCE_COLOURS = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6",
+                    "#bcf60c", "#fabebe", "#008080", "#e6beff", "#9a6324", "#fffac8", "#800000", "#aaffc3"]
+INSTANCE_ZOOM = 3  # slices are small (96 pixels); enlarge them so that box captions can be read
 
 RUN_FIGURES = ("steps", "samples_seen", "s_per_step", "train_seconds", "infer_ms_per_slice", "parameters")
 
@@ -77,6 +84,62 @@ def write_examples(path: Path, images: list[torch.Tensor], truths: list[torch.Te
         tiles += [_tile(image, None, num_classes), _tile(image, truth, num_classes)]
         tiles += [_tile(image, labels[i], num_classes) for labels in predictions.values()]
     grid = make_grid(torch.stack(tiles), nrow=2 + len(predictions), padding=2, pad_value=255)
+    with atomic_output(path) as tmp:
+        to_pil_image(grid).save(tmp, format="PNG")
+
+
+def _zoomed(image: torch.Tensor) -> torch.Tensor:
+    return image.repeat_interleave(INSTANCE_ZOOM, 0).repeat_interleave(INSTANCE_ZOOM, 1)
+
+
+def _instance_tile(image: torch.Tensor, prediction: Prediction2D, class_names: tuple[str, ...]) -> torch.Tensor:
+    """Each detected instance in its own colour with its box, class and score; or, for a panoptic
+    prediction, each segment of the panoptic map in its own colour (stuff in its class colour)."""
+    grey = grey_uint8(_zoomed(_display(image)))
+    rgb = grey.expand(3, *grey.shape).contiguous()
+    if prediction.panoptic is not None:
+        ids = _zoomed(_display(prediction.panoptic.ids))
+        segments = [s for s in prediction.panoptic.segments if bool((ids == s.id).any())]
+        if not segments:
+            return rgb
+        masks = torch.stack([ids == s.id for s in segments])
+        colours = [INSTANCE_COLOURS[i % len(INSTANCE_COLOURS)] if s.is_thing else class_colour(s.label)
+                   for i, s in enumerate(segments)]
+        captions = [f"{class_names[s.label]} {s.score:.2f}" if s.is_thing and s.score is not None
+                    else class_names[s.label] for s in segments]
+        rgb = draw_segmentation_masks(rgb, masks, alpha=0.55, colors=colours)
+        things = [i for i, s in enumerate(segments) if s.is_thing]
+    elif prediction.instances is not None and len(prediction.instances):
+        instances = prediction.instances
+        masks = torch.stack([_zoomed(_display(m)) for m in instances.masks.bool()])
+        keep = [i for i in range(len(masks)) if bool(masks[i].any())]
+        if not keep:
+            return rgb
+        masks = masks[keep]
+        colours = [INSTANCE_COLOURS[i % len(INSTANCE_COLOURS)] for i in range(len(keep))]
+        scores = instances.scores if instances.scores is not None else torch.ones(len(instances))
+        captions = [f"{class_names[int(instances.labels[i])]} {float(scores[i]):.2f}" for i in keep]
+        rgb = draw_segmentation_masks(rgb, masks, alpha=0.55, colors=colours)
+        things = list(range(len(keep)))
+    else:
+        return rgb
+    if things:
+        boxes = masks_to_boxes(masks[things])
+        rgb = draw_bounding_boxes(rgb, boxes, labels=[captions[i] for i in things],
+                                  colors=[colours[i] for i in things], width=1)
+    return rgb
+
+
+def write_instance_examples(path: Path, images: list[torch.Tensor],
+                            predictions: dict[str, list[Prediction2D]], class_names: tuple[str, ...]) -> None:
+    """A PNG grid, one row per example slice: image | each instance or panoptic model's objects, each in a
+    colour of its own with box, class and score (panoptic: the segment map). Slices are [H, W] in array order."""
+    tiles = []
+    for i, image in enumerate(images):
+        grey = grey_uint8(_zoomed(_display(image)))
+        tiles.append(grey.expand(3, *grey.shape).contiguous())
+        tiles += [_instance_tile(image, per_model[i], class_names) for per_model in predictions.values()]
+    grid = make_grid(torch.stack(tiles), nrow=1 + len(predictions), padding=4, pad_value=255)
     with atomic_output(path) as tmp:
         to_pil_image(grid).save(tmp, format="PNG")
 

@@ -32,9 +32,9 @@ from medseg.engine.plots import write_curves_svg
 from medseg.engine.run_folder import create_run_folder, is_main_process, open_run_folder, rank_zero_log
 from medseg.engine.trainer import Trainer, distributed_device, seed_everything
 from medseg.io import atomic_output
-from medseg.models2d import ClassSpec, Model2D, build_model_2d, evenly_spaced
+from medseg.models2d import ClassSpec, Model2D, PanopticResult, Prediction2D, build_model_2d, evenly_spaced
 from medseg.models2d.detector_plan import plan_detectors, provisional
-from medseg.models2d.report import legend, markdown_table, write_csv, write_examples
+from medseg.models2d.report import legend, markdown_table, write_csv, write_examples, write_instance_examples
 from medseg.models2d.scoring import Evaluator2D
 from medseg.models2d.slices import slice_sampling, volume_transforms
 from medseg.models2d.targets import semantic_target
@@ -76,11 +76,11 @@ def _example_picks(volumes: list[Volume2D], per_case: int, classes: ClassSpec, c
 
 
 def _score(model: Model2D, volumes: list[Volume2D], examples: list[tuple[int, int]],
-           per_case: int) -> tuple[dict[str, float], float, int, list[torch.Tensor]]:
+           per_case: int) -> tuple[dict[str, float], float, int, list[Prediction2D]]:
     """Scores over the evenly spaced slices of every validation volume, inference milliseconds per slice,
-    the number of slices, and the label maps of ``examples``."""
+    the number of slices, and the predictions of ``examples`` (on the CPU)."""
     evaluator = Evaluator2D(model.classes)
-    kept: dict[tuple[int, int], torch.Tensor] = {}
+    kept: dict[tuple[int, int], Prediction2D] = {}
     seconds, count = 0.0, 0
     for v, (image, label) in enumerate(volumes):
         indices = evenly_spaced(image.shape[-1], per_case)
@@ -93,12 +93,19 @@ def _score(model: Model2D, volumes: list[Volume2D], examples: list[tuple[int, in
         for z, prediction in zip(indices, predictions):
             evaluator.add(prediction, label[..., z])
             if (v, z) in examples:
-                kept[(v, z)] = prediction.labels.cpu()
+                kept[(v, z)] = _on_cpu(prediction)
     return evaluator.compute(), 1000.0 * seconds / max(count, 1), count, [kept[p] for p in examples]
 
 
+def _on_cpu(prediction: Prediction2D) -> Prediction2D:
+    panoptic = prediction.panoptic
+    instances = None if prediction.instances is None else prediction.instances.to("cpu")
+    return Prediction2D(prediction.semantic.cpu(), instances,
+                        None if panoptic is None else PanopticResult(panoptic.ids.cpu(), panoptic.segments))
+
+
 def _summary(config: Config, split: dict, slices: int, classes: ClassSpec, results: dict,
-             at_equal_steps: dict, equal_step: int | None) -> str:
+             at_equal_steps: dict, equal_step: int | None, instance_models: list[str]) -> str:
     c, t = config.compare, config.train
     steps = f"{t.max_epochs} epochs"
     if t.iterations_per_epoch:
@@ -142,6 +149,10 @@ def _summary(config: Config, split: dict, slices: int, classes: ClassSpec, resul
         "",
         f"Columns: image, ground truth, {', '.join(results)}. Colours: {legend(classes.names)}.",
         "",
+        *(["![instances](instances.png)", "",
+           f"Columns: image, then the objects each of {', '.join(instance_models)} found: every instance in a "
+           "colour of its own, with its box, class and score; the panoptic model's segment map, stuff in its "
+           "class colour.", ""] if instance_models else []),
     ])
 
 
@@ -243,12 +254,12 @@ def _score_all(config: Config, split: dict, classes: ClassSpec, run_dir: Path, v
     equal_step = _equal_step(run_dir, c.models)
     results: dict[str, dict[str, float]] = {}
     at_equal_steps: dict[str, dict[str, float]] = {}
-    example_labels: dict[str, list[torch.Tensor]] = {}
+    example_predictions: dict[str, list[Prediction2D]] = {}
     slices = 0
     for name in c.models:
         model, state = _restored(name, config, classes, run_dir / name / "last.pt", device)
         parameters = sum(p.numel() for p in model.parameters())
-        scores, ms, slices, example_labels[name] = _score(model, volumes, examples, c.val_slices_per_case)
+        scores, ms, slices, example_predictions[name] = _score(model, volumes, examples, c.val_slices_per_case)
         results[name] = {**scores, **run_budget(state, parameters).figures(), "infer_ms_per_slice": ms}
         log(f"{name}: mean Dice {scores['dice']:.4f} after {state['global_step']} steps")
         if equal_step is not None:
@@ -261,12 +272,18 @@ def _score_all(config: Config, split: dict, classes: ClassSpec, run_dir: Path, v
     if at_equal_steps:
         write_csv(run_dir / "results_equal_steps.csv", at_equal_steps)
     _write_curves(run_dir, c.models)
+    with_objects = {m: predictions for m, predictions in example_predictions.items()
+                    if any(p.instances is not None or p.panoptic is not None for p in predictions)}
     with atomic_output(run_dir / "results.md") as tmp:
-        tmp.write_text(_summary(config, split, slices, classes, results, at_equal_steps, equal_step), encoding="utf-8")
+        tmp.write_text(_summary(config, split, slices, classes, results, at_equal_steps, equal_step,
+                                list(with_objects)), encoding="utf-8")
     if examples:
         truths = [semantic_target(volumes[v][1][..., z], classes) for v, z in examples]
-        write_examples(run_dir / "examples.png", [volumes[v][0][..., z] for v, z in examples], truths,
-                       example_labels, classes.num_classes)
+        images = [volumes[v][0][..., z] for v, z in examples]
+        labels = {m: [p.labels for p in predictions] for m, predictions in example_predictions.items()}
+        write_examples(run_dir / "examples.png", images, truths, labels, classes.num_classes)
+        if with_objects:
+            write_instance_examples(run_dir / "instances.png", images, with_objects, classes.names)
     log(markdown_table(results))
     if at_equal_steps:
         log(f"at {equal_step} steps each:\n{markdown_table(at_equal_steps)}")

@@ -88,6 +88,44 @@ def test_compare_draws_the_learning_curves_of_every_model(compared):
         assert len(lines) == len(MODELS) and set(MODELS) <= set(legend), name
 
 
+def test_compare_draws_the_instances_and_panoptic_map_of_the_example_slices(compared):
+    figure = Image.open(compared / "instances.png")
+    # Two rows of 3x enlarged 32-pixel tiles, 4-pixel gaps: image, maskrcnn's instances, panoptic's segments.
+    assert figure.mode == "RGB" and figure.size == (4 + 3 * (96 + 4), 4 + 2 * (96 + 4))
+    assert "![instances](instances.png)" in (compared / "results.md").read_text(encoding="utf-8")
+
+
+def test_instances_get_colours_of_their_own_and_stuff_its_class_colour():
+    from medseg.engine.pictures import class_colour
+    from medseg.models2d import Instances, PanopticResult, Prediction2D, Segment
+    from medseg.models2d.report import INSTANCE_COLOURS, INSTANCE_ZOOM, _instance_tile
+
+    image = torch.zeros(16, 16)
+    masks = torch.zeros(2, 16, 16, dtype=torch.bool)
+    masks[0, 2:6, 2:6] = True
+    masks[1, 6:10, 6:10] = True  # touching the first, same class
+    instances = Instances(masks, torch.tensor([1, 1]), torch.tensor([[2, 2, 6, 6], [6, 6, 10, 10]]).float(),
+                          torch.tensor([0.9, 0.8]))
+    names = ("background", "kidney", "spine")
+    tile = _instance_tile(image, Prediction2D(torch.zeros(3, 16, 16), instances), names)
+    assert tile.shape == (3, 16 * INSTANCE_ZOOM, 16 * INSTANCE_ZOOM)
+    ids = torch.zeros(16, 16, dtype=torch.int32)
+    ids[masks[0]], ids[masks[1]], ids[12:, :] = 1, 2, 3
+    panoptic = PanopticResult(ids, [Segment(1, 1, True, 16, 0.9), Segment(2, 1, True, 16, 0.8),
+                                    Segment(3, 2, False, 64)])
+    tile = _instance_tile(image, Prediction2D(torch.zeros(3, 16, 16), panoptic=panoptic), names)
+
+    def colour_at(row: int, column: int) -> tuple[int, ...]:  # array [x, y] is drawn flipped and transposed
+        return tuple(int(v) for v in tile[:, (15 - column) * INSTANCE_ZOOM + 1, (15 - row) * INSTANCE_ZOOM + 1])
+
+    first, second, stuff = colour_at(4, 4), colour_at(8, 8), colour_at(14, 8)
+    assert len({first, second, stuff, colour_at(0, 15)}) == 4  # two instances, stuff and background differ
+    from PIL import ImageColor
+    expected = [ImageColor.getrgb(INSTANCE_COLOURS[0]), ImageColor.getrgb(class_colour(2))]
+    for seen, colour in zip((first, stuff), expected):  # 55% colour over black
+        assert all(abs(v - round(0.55 * c)) <= 1 for v, c in zip(seen, colour)), (seen, colour)
+
+
 def test_compare_writes_the_figure_checkpoints_and_config(compared):
     figure = Image.open(compared / "examples.png")
     # Two example rows (one per validation case) of 32-pixel tiles: image, ground truth and one column
