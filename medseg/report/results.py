@@ -275,9 +275,20 @@ def _compare_section(spec: dict[str, Any], root: Path) -> tuple[str, list[str]]:
 
 def _peer_section(spec: dict[str, Any], root: Path) -> tuple[str, list[str]]:
     rows, notes, headline = [], [], []
+    nnunet_runs: list[tuple[float, int, dict[int, float]]] = []  # budget, steps, iterations -> pseudo Dice
+    medseg_curve: list[tuple[int, float]] = []  # steps -> medseg's held-out Dice
     for folder in spec["folders"]:
         result = _read_json(root / folder / "peer_results.json")
         medseg_config = root / folder / "medseg_run" / "config.yaml"
+        curves = result.get("curves", {})
+        pseudo = {int(p["iterations"]): float(p["mean_pseudo_dice"]) for p in curves.get("nnunet_pseudo_dice", [])}
+        nnunet_runs += [(row["budget_min"], row["steps"], pseudo) for row in result["rows"]
+                        if row["method"] != "medseg" and row["tta"] == "mirroring"]
+        if curves.get("medseg_val_dice"):
+            per_epoch = int((yaml.safe_load(medseg_config.read_text(encoding="utf-8")).get("train") or {})
+                            ["iterations_per_epoch"])
+            medseg_curve = [((int(p["epoch"]) + 1) * per_epoch, float(p["mean_dice"]))
+                            for p in curves["medseg_val_dice"]]
         for row in result["rows"]:
             seconds_per_step = row["train_loop_s"] / row["steps"]
             per_step = (crops_per_step(yaml.safe_load(medseg_config.read_text(encoding="utf-8")))
@@ -296,7 +307,20 @@ def _peer_section(spec: dict[str, Any], root: Path) -> tuple[str, list[str]]:
                                 f"{row['mean_dice']:.3f} ({_steps_words(row['steps'], row['mean_dice'])})")
     header = (["budget", "method", "test-time mirroring"] + result["class_names"][1:]
               + ["mean Dice", "epochs", "steps", "samples seen", "s/step", "predict s/case", "held-out cases"])
-    return "\n\n".join([table(header, rows), *notes]), headline
+    parts = [table(header, rows), *notes]
+    if medseg_curve and nnunet_runs:
+        equal_rows = []
+        for budget, steps, pseudo in nnunet_runs:
+            ours = [point for point in medseg_curve if NEAR_STEP * steps <= point[0] <= steps]
+            if ours and steps in pseudo:
+                equal_rows.append([f"{steps} (nnU-Net's {budget:g} min)", f"{ours[-1][1]:.3f} (step {ours[-1][0]})",
+                                   f"{pseudo[steps]:.3f}"])
+        if equal_rows:
+            parts.append("At an equal number of steps, from the training curves (validation without mirroring; "
+                         "medseg's on the held-out cases, nnU-Net's pseudo Dice on the validation subset it "
+                         "takes from its training cases, so the two are not the same measurement):\n\n"
+                         + table(["steps", "medseg, held-out Dice", "nnU-Net, pseudo Dice"], equal_rows))
+    return "\n\n".join(parts), headline
 
 
 def _ensemble_section(spec: dict[str, Any], root: Path) -> tuple[str, list[str]]:
