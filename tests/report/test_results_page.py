@@ -149,3 +149,41 @@ def test_every_section_of_the_shipped_page_states_budget_machine_and_command():
     assert sections
     for section in sections:
         assert "**Budget:**" in section and "**Machine:**" in section and "```\n" in section, section[:80]
+
+
+def test_a_large_ct_section_gives_seconds_memory_and_the_time_split(tmp_path):
+    case = {"name": "medseg infer, 5-fold ensemble -> DICOM SEG", "slices": 800, "seconds": 80.8, "peak_gb": 2.14,
+            "stages": {"read": 3.5, "network": 70.0, "write": 2.0}, "end_to_end": 1.08}
+    (tmp_path / "ct").mkdir()
+    (tmp_path / "ct" / "results.json").write_text(json.dumps(
+        {"model": "a patch network", "cases": [case], "prefetch": {"scans": 3, "seconds_without": 45.5,
+                                                                  "seconds_with": 39.5, "gain": 1.15}}))
+    spec = {"title": "Large CT", "kind": "large_ct", "folder": "ct", "budget": "inference only",
+            "machine": "a test machine", "command": "python -m medseg.benchmark.large_ct"}
+    section = render_section(spec, tmp_path)
+    row = ("| 512x512x800 | medseg infer, 5-fold ensemble -> DICOM SEG | 80.8 | 2.14 | 3.5 | - | 70.0 | - | 2.0 "
+           "| 1.08x |")
+    assert row in section.body
+    assert "45.5 s without and 39.5 s with prefetching (1.15x" in section.body
+    assert section.headline == ["800 slices, 5-fold ensemble -> DICOM SEG: 81 s, peak 2.14 GB"]
+
+
+def test_a_peer_section_flags_a_peer_that_learned_nothing_and_compares_at_equal_steps(tmp_path):
+    (tmp_path / "peer" / "medseg_run").mkdir(parents=True)
+    (tmp_path / "peer" / "medseg_run" / "config.yaml").write_text(yaml.safe_dump(
+        {"data": {"samples_per_volume": 2}, "train": {"batch_size": 4, "iterations_per_epoch": 50}}))
+    row = {"budget_min": 10.0, "train_loop_s": 600.0, "batch_size": 5, "predict_s_per_case": 1.0, "cases": 39}
+    rows = [{**row, "method": "nnU-Net 2.8.1 3d_fullres", "tta": "mirroring", "epochs": 4, "steps": 100,
+             "mean_dice": 0.0, "dice": {"a": 0.0}},
+            {**row, "method": "medseg", "tta": "mirroring", "epochs": 26, "steps": 1300, "mean_dice": 0.868,
+             "dice": {"a": 0.868}}]
+    curves = {"nnunet_pseudo_dice": [{"iterations": 100, "mean_pseudo_dice": 0.0}],
+              "medseg_val_dice": [{"epoch": 0, "mean_dice": 0.6}, {"epoch": 1, "mean_dice": 0.77}]}
+    (tmp_path / "peer" / "peer_results.json").write_text(json.dumps(
+        {"class_names": ["background", "a"], "rows": rows, "curves": curves}))
+    spec = {"title": "Peer", "kind": "nnunet_peer", "folders": ["peer"], "budget": "10 minutes",
+            "machine": "a test machine", "command": "python -m medseg.benchmark.nnunet_peer"}
+    body = render_section(spec, tmp_path).body
+    assert "| 10 min | medseg | mirroring | 0.868 | **0.868** | 26 | 1300 | 10400 | 0.46 |" in body  # 8 crops a step
+    assert "**nnU-Net 2.8.1 3d_fullres (mirroring), 10 min learned nothing at this budget**" in body
+    assert "| 100 (nnU-Net's 10 min) | 0.770 (step 100) | 0.000 |" in body
