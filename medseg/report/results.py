@@ -375,8 +375,24 @@ RENDERERS: dict[str, Callable[[dict[str, Any], Path], tuple[str, list[str]]]] = 
 REQUIRED = ("title", "kind", "command", "machine", "budget")
 
 
+def _recorded_provenance(spec: dict[str, Any], root: Path) -> dict[str, Any]:
+    """The section with the command, machine and date its benchmark recorded in ``results.json`` (see
+    ``medseg.benchmark.machine.provenance``) wherever the section does not say them itself."""
+    recorded = root / spec.get("folder", "") / "results.json" if spec.get("folder") else None
+    if recorded is None or not recorded.is_file():
+        return spec
+    result = _read_json(recorded)
+    filled = dict(spec)
+    if not filled.get("command") and result.get("command"):
+        filled["command"] = result["command"]
+    if not filled.get("machine") and result.get("machine"):
+        filled["machine"] = f"{result['machine']}; {result['date']}" if result.get("date") else result["machine"]
+    return filled
+
+
 def render_section(spec: dict[str, Any], root: Path) -> Section:
-    """One section; refused unless it says its budget, machine and command."""
+    """One section; refused unless it says, or its run recorded, its budget, machine and command."""
+    spec = _recorded_provenance(spec, root)
     missing = [key for key in REQUIRED if not spec.get(key)]
     if missing:
         raise MedsegError(f"results section '{spec.get('title', '?')}': no {', '.join(missing)}")
