@@ -11,15 +11,13 @@ from medseg.errors import MedsegError
 from medseg.report.results import (
     README_END,
     README_START,
-    dice_at_step,
-    keep_run,
     main,
     read_manifest,
     render_section,
     replace_readme_table,
     results_page,
-    run_figures,
 )
+from medseg.report.run_files import dice_at_step, keep_run, run_figures
 
 REPO = Path(__file__).resolve().parents[2]
 

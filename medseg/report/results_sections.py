@@ -1,0 +1,261 @@
+"""The sections of the results page, one renderer per kind of run: training runs side by side, a
+``medseg compare`` folder, the nnU-Net peer benchmark, an ensemble benchmark and the large-CT benchmark.
+Each returns its Markdown and the figures the README's table shows."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medseg.errors import MedsegError
+from medseg.report.run_files import NEAR_STEP, crops_per_step, dice_at_step, read_json, run_figures
+
+LEARNED_NOTHING = 0.05  # a mean Dice under this after a budget: the method learned nothing in it
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def anchor(title: str) -> str:
+    """GitHub's heading anchor: lower case, punctuation dropped, spaces to hyphens."""
+    kept = "".join(c for c in title.lower() if c.isalnum() or c in " -_")
+    return kept.replace(" ", "-")
+
+
+def _steps_words(steps: int, mean_dice: float) -> str:
+    return f"{steps} steps" + (", learned nothing at this budget" if mean_dice < LEARNED_NOTHING else "")
+
+
+def learned_nothing_note(label: str, mean_dice: float, steps: int, seconds_per_step: float) -> str | None:
+    if mean_dice >= LEARNED_NOTHING:
+        return None
+    return (f"**{label} learned nothing at this budget** (mean Dice {mean_dice:.3f}): {steps} optimiser steps at "
+            f"{seconds_per_step:.2f} s/step ({1 / seconds_per_step:.2f} steps/s). The figure measures the budget, "
+            "not the method.")
+
+
+@dataclass
+class Section:
+    """One section of the results page and its line in the README's table."""
+
+    title: str
+    body: str
+    headline: list[str]  # its figures in the README's table
+    short_title: str
+    short_budget: str
+
+
+def _runs_section(spec: dict[str, Any], root: Path) -> tuple[str, list[str]]:
+    runs = [run_figures(label, root / folder) for label, folder in spec["runs"].items()]
+    for run in runs:
+        if spec.get("minutes") is not None and run.budget_minutes != spec["minutes"]:
+            raise MedsegError(f"{spec['title']}: run '{run.label}' has train.max_minutes {run.budget_minutes}, "
+                              f"the section says {spec['minutes']}")
+    classes = list(runs[0].dice)
+    rows = [[name] + [_number(run.dice.get(name)) for run in runs] for name in classes]
+    rows.append(["**mean Dice**"] + [f"**{run.mean_dice:.3f}**" for run in runs])
+    rows.append(["mean HD95 (mm)"] + [_number(run.mean_hd95, 2) for run in runs])
+    rows.append(["held-out cases"] + [str(run.cases) for run in runs])
+    rows.append(["optimiser steps"] + [str(run.steps) for run in runs])
+    rows.append(["samples seen"] + [str(run.samples) for run in runs])
+    rows.append(["minutes (training and validation)"] + [f"{run.minutes:.1f}" for run in runs])
+    rows.append(["s/step"] + [f"{run.seconds_per_step:.2f}" for run in runs])
+    notes = []
+    if len(runs) > 1:
+        common = min(run.steps for run in runs)
+        points = [dice_at_step(run, common) for run in runs]
+        rows.append([f"validation Dice during training at <= {common} steps (at step)"]
+                    + [f"{p[1]:.3f} ({p[0]})" if p else "-" for p in points])
+        notes.append(f"The last row compares the runs at an equal number of steps: {common} is the fewest any "
+                     "run made, and each is shown at its last validation up to there (on the preprocessed "
+                     "grid, so it differs from the held-out scores above).")
+        for run, point in zip(runs, points):
+            if point is None:
+                steps = ", ".join(str(step) for step, _ in run.curve)
+                notes.append(f"{run.label} has no figure at {common} steps: it validated at steps {steps} only "
+                             "(validation is scheduled by time, and its epochs are long).")
+    body = table(["class"] + [run.label for run in runs], rows)
+    notes += [note for run in runs
+              if (note := learned_nothing_note(run.label, run.mean_dice, run.steps, run.seconds_per_step))]
+    headline = [f"{run.label}: mean Dice {run.mean_dice:.3f} ({_steps_words(run.steps, run.mean_dice)})"
+                for run in runs]
+    return "\n\n".join([body, *notes]), headline
+
+
+def _read_columns(path: Path) -> dict[str, dict[str, str]]:
+    """A ``medseg compare`` table: metric -> model -> value."""
+    try:
+        with path.open(encoding="utf-8", newline="") as handle:
+            return {row["metric"]: {k: v for k, v in row.items() if k != "metric"} for row in csv.DictReader(handle)}
+    except OSError as error:
+        raise MedsegError(f"{path}: cannot read ({error.strerror or error})") from None
+
+
+def _compare_section(spec: dict[str, Any], root: Path) -> tuple[str, list[str]]:
+    folder = root / spec["folder"]
+    minutes = (yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")).get("train") or {}).get(
+        "max_minutes")
+    if spec.get("minutes") is not None and minutes != spec["minutes"]:
+        raise MedsegError(f"{spec['title']}: the run has train.max_minutes {minutes}, the section says "
+                          f"{spec['minutes']}")
+    end = _read_columns(folder / "results.csv")
+    models = spec.get("models") or list(next(iter(end.values())))
+    for values in end.values():
+        for model in models:
+            if model not in values:
+                raise MedsegError(f"{folder / 'results.csv'}: no model '{model}'")
+    equal_path = folder / "results_equal_steps.csv"
+    equal = _read_columns(equal_path) if equal_path.is_file() else {}
+
+    def steps_of(columns: dict[str, dict[str, str]], model: str) -> int:
+        return int(float(columns["steps"][model]))
+
+    def s_per_step(model: str) -> float:
+        if "s_per_step" in end and end["s_per_step"][model]:
+            return float(end["s_per_step"][model])
+        return float(end["train_seconds"][model]) / steps_of(end, model)
+
+    shown = [m for m in spec.get("metrics", []) if m in end]
+    header = ["metric"] + [f"{m}, end" for m in models]
+    if equal:
+        header += [f"{m} at {steps_of(equal, m)} steps" for m in models]
+    def cell(columns: dict[str, dict[str, str]], metric: str, model: str) -> str:
+        value = columns.get(metric, {}).get(model)
+        if not value:
+            return "-"
+        if metric in ("steps", "samples_seen"):
+            return str(int(float(value)))
+        if metric == "parameters":
+            return f"{float(value) / 1e6:.1f} M"
+        return _number(float(value), 2 if metric == "s_per_step" else 1 if metric.startswith("infer_ms") else 3)
+
+    rows = []
+    for metric in [*shown, "steps", "samples_seen", "s_per_step", "parameters"]:
+        cells = [metric.replace("_", " ")] + [cell(end, metric, m) for m in models]
+        if metric == "s_per_step" and "s_per_step" not in end:
+            cells = ["s per step"] + [f"{s_per_step(m):.2f}" for m in models]
+        if metric == "samples_seen" and "samples_seen" not in end and spec.get("batch_size"):
+            cells = ["samples seen"] + [str(steps_of(end, m) * spec["batch_size"]) for m in models]
+        if equal:
+            cells += [cell(equal, metric, m) for m in models]
+        rows.append(cells)
+    notes = [note for m in models
+             if (note := learned_nothing_note(m, float(end["dice"][m]), steps_of(end, m), s_per_step(m)))]
+    headline = [f"{m}: " + ", ".join(f"{k} {_number(float(end[k][m]))}" for k in spec["headline"]
+                                     if end.get(k, {}).get(m))
+                + f" ({_steps_words(steps_of(end, m), float(end['dice'][m]))})" for m in models]
+    return "\n\n".join([table(header, rows), *notes]), headline
+
+
+def _peer_section(spec: dict[str, Any], root: Path) -> tuple[str, list[str]]:
+    rows, notes, headline = [], [], []
+    nnunet_runs: list[tuple[float, int, dict[int, float]]] = []  # budget, steps, iterations -> pseudo Dice
+    medseg_curve: list[tuple[int, float]] = []  # steps -> medseg's held-out Dice
+    for folder in spec["folders"]:
+        result = read_json(root / folder / "peer_results.json")
+        medseg_config = root / folder / "medseg_run" / "config.yaml"
+        curves = result.get("curves", {})
+        pseudo = {int(p["iterations"]): float(p["mean_pseudo_dice"]) for p in curves.get("nnunet_pseudo_dice", [])}
+        nnunet_runs += [(row["budget_min"], row["steps"], pseudo) for row in result["rows"]
+                        if row["method"] != "medseg" and row["tta"] == "mirroring"]
+        if curves.get("medseg_val_dice"):
+            per_epoch = int((yaml.safe_load(medseg_config.read_text(encoding="utf-8")).get("train") or {})
+                            ["iterations_per_epoch"])
+            medseg_curve = [((int(p["epoch"]) + 1) * per_epoch, float(p["mean_dice"]))
+                            for p in curves["medseg_val_dice"]]
+        for row in result["rows"]:
+            seconds_per_step = row["train_loop_s"] / row["steps"]
+            per_step = (crops_per_step(yaml.safe_load(medseg_config.read_text(encoding="utf-8")))
+                        if row["method"] == "medseg" else row["batch_size"])
+            rows.append([f"{row['budget_min']:g} min", row["method"], row["tta"]]
+                        + [_number(row["dice"][name]) for name in result["class_names"][1:]]
+                        + [f"**{row['mean_dice']:.3f}**", str(row["epochs"]), str(row["steps"]),
+                           str(row["steps"] * per_step), f"{seconds_per_step:.2f}",
+                           f"{row['predict_s_per_case']:.2f}", str(row["cases"])])
+            label = f"{row['method']} ({row['tta']}), {row['budget_min']:g} min"
+            note = learned_nothing_note(label, row["mean_dice"], row["steps"], seconds_per_step)
+            if note and note not in notes:
+                notes.append(note)
+            if row["tta"] == "mirroring":
+                headline.append(f"{row['method'].split()[0]}, {row['budget_min']:g} min: mean Dice "
+                                f"{row['mean_dice']:.3f} ({_steps_words(row['steps'], row['mean_dice'])})")
+    header = (["budget", "method", "test-time mirroring"] + result["class_names"][1:]
+              + ["mean Dice", "epochs", "steps", "samples seen", "s/step", "predict s/case", "held-out cases"])
+    parts = [table(header, rows), *notes]
+    if medseg_curve and nnunet_runs:
+        equal_rows = []
+        for budget, steps, pseudo in nnunet_runs:
+            ours = [point for point in medseg_curve if NEAR_STEP * steps <= point[0] <= steps]
+            if ours and steps in pseudo:
+                equal_rows.append([f"{steps} (nnU-Net's {budget:g} min)", f"{ours[-1][1]:.3f} (step {ours[-1][0]})",
+                                   f"{pseudo[steps]:.3f}"])
+        if equal_rows:
+            parts.append("At an equal number of steps, from the training curves (validation without mirroring; "
+                         "medseg's on the held-out cases, nnU-Net's pseudo Dice on the validation subset it "
+                         "takes from its training cases, so the two are not the same measurement):\n\n"
+                         + table(["steps", "medseg, held-out Dice", "nnU-Net, pseudo Dice"], equal_rows))
+    return "\n\n".join(parts), headline
+
+
+def _ensemble_section(spec: dict[str, Any], root: Path) -> tuple[str, list[str]]:
+    folder = root / spec["folder"]
+    folds = sorted(path.name for path in (folder / "folds").iterdir() if path.is_dir())
+    members = [run_figures(name, folder / "folds" / name, folder / "scores" / name / "metrics.json")
+               for name in folds]
+    for run in members:
+        if spec.get("minutes") is not None and run.budget_minutes != spec["minutes"]:
+            raise MedsegError(f"{spec['title']}: fold '{run.label}' has train.max_minutes {run.budget_minutes}, "
+                              f"the section says {spec['minutes']}")
+    ensemble = read_json(folder / "scores" / "ensemble" / "metrics.json")
+    classes = list(members[0].dice)
+    rows = [[run.label] + [_number(run.dice[c]) for c in classes]
+            + [f"{run.mean_dice:.3f}", str(run.steps), str(run.samples), f"{run.seconds_per_step:.2f}"]
+            for run in members]
+    fold_means = [run.mean_dice for run in members]
+    average = sum(fold_means) / len(fold_means)
+    spread = math.sqrt(sum((v - average) ** 2 for v in fold_means) / len(fold_means))
+    rows.append([f"ensemble of {len(members)}"] + [_number(ensemble["per_class"][c]["dice"]) for c in classes]
+                + [f"**{ensemble['mean_dice']:.3f}**", "-", "-", "-"])
+    body = table(["model"] + classes + ["mean Dice", "steps", "samples seen", "s/step"], rows)
+    summary = (f"Single folds: mean Dice {average:.3f} ± {spread:.3f} (standard deviation over folds); ensemble "
+               f"{ensemble['mean_dice']:.3f}, on {ensemble['num_cases']} held-out cases no fold trained on.")
+    return body + "\n\n" + summary, [f"ensemble mean Dice {ensemble['mean_dice']:.3f}, single folds {average:.3f}"]
+
+
+def _large_ct_section(spec: dict[str, Any], root: Path) -> tuple[str, list[str]]:
+    result = read_json(root / spec["folder"] / "results.json")
+    stages = ("read", "preprocess", "network", "resample", "write")
+    rows = [[f"512x512x{case['slices']}", case["name"], f"{case['seconds']:.1f}", f"{case['peak_gb']:.2f}"]
+            + [_number(case["stages"].get(stage), 1) for stage in stages]
+            + [f"{case['end_to_end']:.2f}x" if case["end_to_end"] else "-"] for case in result["cases"]]
+    body = table(["scan", "what", "seconds", "peak GB"] + [f"{s} s" for s in stages]
+                 + ["end to end / (read + network + write)"], rows)
+    notes = [f"Model: {result['model']}."]
+    if result.get("prefetch"):
+        gain = result["prefetch"]
+        notes.append(f"Reading ahead: a folder of {gain['scans']} 512x512x280 scans took "
+                     f"{gain['seconds_without']:.1f} s without and {gain['seconds_with']:.1f} s with prefetching "
+                     f"({gain['gain']:.2f}x; mean of two runs each, alternating).")
+    largest = max(result["cases"], key=lambda case: (case["slices"], "ensemble" in case["name"]))
+    headline = [f"{largest['slices']} slices, {largest['name'].split(',')[1].strip()}: {largest['seconds']:.0f} s, "
+                f"peak {largest['peak_gb']:.2f} GB"]
+    return "\n\n".join([body, *notes]), headline
+
+
+RENDERERS: dict[str, Callable[[dict[str, Any], Path], tuple[str, list[str]]]] = {
+    "runs": _runs_section, "compare2d": _compare_section, "nnunet_peer": _peer_section,
+    "ensemble": _ensemble_section, "large_ct": _large_ct_section,
+}
+REQUIRED = ("title", "kind", "command", "machine", "budget")
