@@ -92,9 +92,11 @@ def _zoomed(image: torch.Tensor) -> torch.Tensor:
     return image.repeat_interleave(INSTANCE_ZOOM, 0).repeat_interleave(INSTANCE_ZOOM, 1)
 
 
-def _instance_tile(image: torch.Tensor, prediction: Prediction2D, class_names: tuple[str, ...]) -> torch.Tensor:
-    """Each detected instance in its own colour with its box, class and score; or, for a panoptic
-    prediction, each segment of the panoptic map in its own colour (stuff in its class colour)."""
+def _instance_tile(image: torch.Tensor, prediction: Prediction2D, class_names: tuple[str, ...],
+                   score_threshold: float = 0.0) -> torch.Tensor:
+    """Each detected instance scoring at least ``score_threshold`` (those the label map keeps) in its own
+    colour with its box, class and score; or, for a panoptic prediction, each segment of the panoptic
+    map in its own colour (stuff in its class colour)."""
     grey = grey_uint8(_zoomed(_display(image)))
     rgb = grey.expand(3, *grey.shape).contiguous()
     if prediction.panoptic is not None:
@@ -111,13 +113,13 @@ def _instance_tile(image: torch.Tensor, prediction: Prediction2D, class_names: t
         things = [i for i, s in enumerate(segments) if s.is_thing]
     elif prediction.instances is not None and len(prediction.instances):
         instances = prediction.instances
+        scores = instances.scores if instances.scores is not None else torch.ones(len(instances))
         masks = torch.stack([_zoomed(_display(m)) for m in instances.masks.bool()])
-        keep = [i for i in range(len(masks)) if bool(masks[i].any())]
+        keep = [i for i in range(len(masks)) if bool(masks[i].any()) and float(scores[i]) >= score_threshold]
         if not keep:
             return rgb
         masks = masks[keep]
         colours = [INSTANCE_COLOURS[i % len(INSTANCE_COLOURS)] for i in range(len(keep))]
-        scores = instances.scores if instances.scores is not None else torch.ones(len(instances))
         captions = [f"{class_names[int(instances.labels[i])]} {float(scores[i]):.2f}" for i in keep]
         rgb = draw_segmentation_masks(rgb, masks, alpha=0.55, colors=colours)
         things = list(range(len(keep)))
@@ -130,15 +132,17 @@ def _instance_tile(image: torch.Tensor, prediction: Prediction2D, class_names: t
     return rgb
 
 
-def write_instance_examples(path: Path, images: list[torch.Tensor],
-                            predictions: dict[str, list[Prediction2D]], class_names: tuple[str, ...]) -> None:
+def write_instance_examples(path: Path, images: list[torch.Tensor], predictions: dict[str, list[Prediction2D]],
+                            class_names: tuple[str, ...], score_threshold: float = 0.0) -> None:
     """A PNG grid, one row per example slice: image | each instance or panoptic model's objects, each in a
-    colour of its own with box, class and score (panoptic: the segment map). Slices are [H, W] in array order."""
+    colour of its own with box, class and score (instances from ``score_threshold`` up; panoptic: the
+    segment map). Slices are [H, W] in array order."""
     tiles = []
     for i, image in enumerate(images):
         grey = grey_uint8(_zoomed(_display(image)))
         tiles.append(grey.expand(3, *grey.shape).contiguous())
-        tiles += [_instance_tile(image, per_model[i], class_names) for per_model in predictions.values()]
+        tiles += [_instance_tile(image, per_model[i], class_names, score_threshold)
+                  for per_model in predictions.values()]
     grid = make_grid(torch.stack(tiles), nrow=1 + len(predictions), padding=4, pad_value=255)
     with atomic_output(path) as tmp:
         to_pil_image(grid).save(tmp, format="PNG")

@@ -150,9 +150,9 @@ def _summary(config: Config, split: dict, slices: int, classes: ClassSpec, resul
         f"Columns: image, ground truth, {', '.join(results)}. Colours: {legend(classes.names)}.",
         "",
         *(["![instances](instances.png)", "",
-           f"Columns: image, then the objects each of {', '.join(instance_models)} found: every instance in a "
-           "colour of its own, with its box, class and score; the panoptic model's segment map, stuff in its "
-           "class colour.", ""] if instance_models else []),
+           f"Columns: image, then the objects each of {', '.join(instance_models)} found: every instance "
+           f"scoring at least {c.score_threshold:g} in a colour of its own, with its box, class and score; the "
+           "panoptic model's segment map, stuff in its class colour.", ""] if instance_models else []),
     ])
 
 
@@ -283,7 +283,7 @@ def _score_all(config: Config, split: dict, classes: ClassSpec, run_dir: Path, v
         labels = {m: [p.labels for p in predictions] for m, predictions in example_predictions.items()}
         write_examples(run_dir / "examples.png", images, truths, labels, classes.num_classes)
         if with_objects:
-            write_instance_examples(run_dir / "instances.png", images, with_objects, classes.names)
+            write_instance_examples(run_dir / "instances.png", images, with_objects, classes.names, c.score_threshold)
     log(markdown_table(results))
     if at_equal_steps:
         log(f"at {equal_step} steps each:\n{markdown_table(at_equal_steps)}")

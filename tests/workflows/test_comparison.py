@@ -108,7 +108,9 @@ def test_instances_get_colours_of_their_own_and_stuff_its_class_colour():
                           torch.tensor([0.9, 0.8]))
     names = ("background", "kidney", "spine")
     tile = _instance_tile(image, Prediction2D(torch.zeros(3, 16, 16), instances), names)
-    assert tile.shape == (3, 16 * INSTANCE_ZOOM, 16 * INSTANCE_ZOOM)
+    assert tile.shape == (3, 16 * INSTANCE_ZOOM, 16 * INSTANCE_ZOOM) and tile.any()
+    # Detections under the score threshold are not drawn (the label map leaves them out too).
+    assert not _instance_tile(image, Prediction2D(torch.zeros(3, 16, 16), instances), names, 0.95).any()
     ids = torch.zeros(16, 16, dtype=torch.int32)
     ids[masks[0]], ids[masks[1]], ids[12:, :] = 1, 2, 3
     panoptic = PanopticResult(ids, [Segment(1, 1, True, 16, 0.9), Segment(2, 1, True, 16, 0.8),
