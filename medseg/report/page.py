@@ -39,7 +39,8 @@ def _number(value: object, digits: int = 3) -> str:
 def _summary(runs: list[RunRecord]) -> str:
     """One row per run: strategy, budget spent and the validation figures."""
     head = ("<tr><th>run</th><th>strategy</th><th>steps</th><th>samples seen</th><th>minutes</th>"
-            "<th>best val. mean Dice (log)</th><th>final validation: mean Dice</th><th>cases</th></tr>")
+            "<th>best val. mean Dice (log)</th><th>final validation: mean over cases of each case's mean Dice</th>"
+            "<th>cases</th></tr>")
     rows = []
     for run in runs:
         last = run.log[-1] if run.log else {}
