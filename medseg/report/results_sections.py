@@ -84,8 +84,7 @@ def _runs_section(spec: dict[str, Any], root: Path) -> tuple[str, list[str]]:
         for run, point in zip(runs, points):
             if point is None:
                 steps = ", ".join(str(step) for step, _ in run.curve)
-                notes.append(f"{run.label} has no figure at {common} steps: it validated at steps {steps} only "
-                             "(validation is scheduled by time, to take at most about a tenth of the budget).")
+                notes.append(f"{run.label} has no figure at {common} steps: it validated at steps {steps} only.")
     body = table(["class"] + [run.label for run in runs], rows)
     notes += [note for run in runs
               if (note := learned_nothing_note(run.label, run.mean_dice, run.steps, run.seconds_per_step))]
