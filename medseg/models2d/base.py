@@ -102,6 +102,9 @@ class PanopticResult:
     ids: torch.Tensor
     segments: list[Segment] = field(default_factory=list)
 
+    def to(self, device: torch.device | str) -> PanopticResult:
+        return PanopticResult(self.ids.to(device), self.segments)
+
     def class_scores(self, num_classes: int) -> torch.Tensor:
         """[K, H, W]: each segment's score (1 for stuff) in its class channel; background is 1 where no
         segment is. The argmax is the class of every pixel."""
@@ -124,6 +127,10 @@ class Prediction2D:
     @property
     def labels(self) -> torch.Tensor:
         return self.semantic.argmax(0)
+
+    def to(self, device: torch.device | str) -> Prediction2D:
+        return Prediction2D(self.semantic.to(device), None if self.instances is None else self.instances.to(device),
+                            None if self.panoptic is None else self.panoptic.to(device))
 
 
 @dataclass

@@ -92,19 +92,26 @@ def _zoomed(image: torch.Tensor) -> torch.Tensor:
     return image.repeat_interleave(INSTANCE_ZOOM, 0).repeat_interleave(INSTANCE_ZOOM, 1)
 
 
+def _grey_tile(image: torch.Tensor) -> torch.Tensor:
+    """The slice enlarged, in the radiological view, as uint8 RGB [3, H, W]."""
+    grey = grey_uint8(_zoomed(_display(image)))
+    return grey.expand(3, *grey.shape).contiguous()
+
+
 def _instance_tile(image: torch.Tensor, prediction: Prediction2D, class_names: tuple[str, ...],
                    score_threshold: float = 0.0) -> torch.Tensor:
     """Each detected instance scoring at least ``score_threshold`` (those the label map keeps) in its own
     colour with its box, class and score; or, for a panoptic prediction, each segment of the panoptic
     map in its own colour (stuff in its class colour)."""
-    grey = grey_uint8(_zoomed(_display(image)))
-    rgb = grey.expand(3, *grey.shape).contiguous()
+    rgb = _grey_tile(image)
     if prediction.panoptic is not None:
         ids = _zoomed(_display(prediction.panoptic.ids))
-        segments = [s for s in prediction.panoptic.segments if bool((ids == s.id).any())]
-        if not segments:
+        pairs = [(s, ids == s.id) for s in prediction.panoptic.segments]
+        pairs = [(s, mask) for s, mask in pairs if bool(mask.any())]
+        if not pairs:
             return rgb
-        masks = torch.stack([ids == s.id for s in segments])
+        segments = [s for s, _ in pairs]
+        masks = torch.stack([mask for _, mask in pairs])
         colours = [INSTANCE_COLOURS[i % len(INSTANCE_COLOURS)] if s.is_thing else class_colour(s.label)
                    for i, s in enumerate(segments)]
         captions = [f"{class_names[s.label]} {s.score:.2f}" if s.is_thing and s.score is not None
@@ -139,8 +146,7 @@ def write_instance_examples(path: Path, images: list[torch.Tensor], predictions:
     segment map). Slices are [H, W] in array order."""
     tiles = []
     for i, image in enumerate(images):
-        grey = grey_uint8(_zoomed(_display(image)))
-        tiles.append(grey.expand(3, *grey.shape).contiguous())
+        tiles.append(_grey_tile(image))
         tiles += [_instance_tile(image, per_model[i], class_names, score_threshold)
                   for per_model in predictions.values()]
     grid = make_grid(torch.stack(tiles), nrow=1 + len(predictions), padding=4, pad_value=255)

@@ -32,7 +32,7 @@ from medseg.engine.plots import write_curves_svg
 from medseg.engine.run_folder import create_run_folder, is_main_process, open_run_folder, rank_zero_log
 from medseg.engine.trainer import Trainer, distributed_device, seed_everything
 from medseg.io import atomic_output
-from medseg.models2d import ClassSpec, Model2D, PanopticResult, Prediction2D, build_model_2d, evenly_spaced
+from medseg.models2d import ClassSpec, Model2D, Prediction2D, build_model_2d, evenly_spaced
 from medseg.models2d.detector_plan import plan_detectors, provisional
 from medseg.models2d.report import legend, markdown_table, write_csv, write_examples, write_instance_examples
 from medseg.models2d.scoring import Evaluator2D
@@ -93,15 +93,8 @@ def _score(model: Model2D, volumes: list[Volume2D], examples: list[tuple[int, in
         for z, prediction in zip(indices, predictions):
             evaluator.add(prediction, label[..., z])
             if (v, z) in examples:
-                kept[(v, z)] = _on_cpu(prediction)
+                kept[(v, z)] = prediction.to("cpu")
     return evaluator.compute(), 1000.0 * seconds / max(count, 1), count, [kept[p] for p in examples]
-
-
-def _on_cpu(prediction: Prediction2D) -> Prediction2D:
-    panoptic = prediction.panoptic
-    instances = None if prediction.instances is None else prediction.instances.to("cpu")
-    return Prediction2D(prediction.semantic.cpu(), instances,
-                        None if panoptic is None else PanopticResult(panoptic.ids.cpu(), panoptic.segments))
 
 
 def _summary(config: Config, split: dict, slices: int, classes: ClassSpec, results: dict,
