@@ -57,12 +57,17 @@ class Section:
     short_budget: str
 
 
+def _check_budget(spec: dict[str, Any], what: str, minutes: float | None) -> None:
+    """A section's stated minutes must be what the run was given (``train.max_minutes``)."""
+    if spec.get("minutes") is not None and minutes != spec["minutes"]:
+        raise MedsegError(f"{spec['title']}: {what} has train.max_minutes {minutes}, the section says "
+                          f"{spec['minutes']}")
+
+
 def _runs_section(spec: dict[str, Any], root: Path) -> tuple[str, list[str]]:
     runs = [run_figures(label, root / folder) for label, folder in spec["runs"].items()]
     for run in runs:
-        if spec.get("minutes") is not None and run.budget_minutes != spec["minutes"]:
-            raise MedsegError(f"{spec['title']}: run '{run.label}' has train.max_minutes {run.budget_minutes}, "
-                              f"the section says {spec['minutes']}")
+        _check_budget(spec, f"run '{run.label}'", run.budget_minutes)
     classes = list(runs[0].dice)
     rows = [[name] + [_number(run.dice.get(name)) for run in runs] for name in classes]
     rows.append(["**mean Dice**"] + [f"**{run.mean_dice:.3f}**" for run in runs])
@@ -106,9 +111,7 @@ def _compare_section(spec: dict[str, Any], root: Path) -> tuple[str, list[str]]:
     folder = root / spec["folder"]
     minutes = (yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")).get("train") or {}).get(
         "max_minutes")
-    if spec.get("minutes") is not None and minutes != spec["minutes"]:
-        raise MedsegError(f"{spec['title']}: the run has train.max_minutes {minutes}, the section says "
-                          f"{spec['minutes']}")
+    _check_budget(spec, "the run", minutes)
     end = _read_columns(folder / "results.csv")
     models = spec.get("models") or list(next(iter(end.values())))
     for values in end.values():
@@ -214,9 +217,7 @@ def _ensemble_section(spec: dict[str, Any], root: Path) -> tuple[str, list[str]]
     members = [run_figures(name, folder / "folds" / name, folder / "scores" / name / "metrics.json")
                for name in folds]
     for run in members:
-        if spec.get("minutes") is not None and run.budget_minutes != spec["minutes"]:
-            raise MedsegError(f"{spec['title']}: fold '{run.label}' has train.max_minutes {run.budget_minutes}, "
-                              f"the section says {spec['minutes']}")
+        _check_budget(spec, f"fold '{run.label}'", run.budget_minutes)
     ensemble = read_json(folder / "scores" / "ensemble" / "metrics.json")
     classes = list(members[0].dice)
     rows = [[run.label] + [_number(run.dice[c]) for c in classes]
