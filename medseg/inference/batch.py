@@ -190,7 +190,7 @@ def predict_batch(
         pending: Future[Any] | None = None
         for index, (source, target, paths) in enumerate(bar):
             start = time.perf_counter()
-            scan = pending if pending is not None else reader.submit(model.prepare, source)
+            scan = pending if pending is not None else _OnDemand(model.prepare, source)
             pending = reader.submit(model.prepare, todo[index + 1][0]) if prefetch and index + 1 < len(todo) else None
             try:
                 stages = _predict_one(model, source, scan, paths, save_probabilities, save_uncertainty, output_format)
@@ -205,6 +205,23 @@ def predict_batch(
             report.add(CaseOutcome(str(source), str(target), "written", seconds, stages=stages))
             say(f"{source.name} -> {target} ({seconds:.1f} s)")
     return report
+
+
+class _OnDemand(Future):
+    """A scan prepared in this thread when its result is first asked for: without reading ahead, the case
+    reads, then predicts, one after the other (a reader thread started at once would race the timing)."""
+
+    def __init__(self, prepare: Any, source: Path) -> None:
+        super().__init__()
+        self._prepare, self._source = prepare, source
+
+    def result(self, timeout: float | None = None) -> Any:
+        if not self.done():
+            try:
+                self.set_result(self._prepare(self._source))
+            except Exception as error:  # raised to the caller below, as a reader thread's would be
+                self.set_exception(error)
+        return super().result(timeout)
 
 
 def _predict_one(model: CaseModel, source: Path, scan: Future[Any], paths: dict[str, Path],
