@@ -5,7 +5,7 @@ one layer do not import each other):
 
     cli -> commands, benchmark -> workflows, report -> inference -> strategies, models2d, ssl -> engine -> planning
         -> data, networks, losses, evaluation -> metrics, resample -> regions, config, registry -> io -> dicom
-        -> errors
+        -> errors, hardware
 
 Run ``python tests/test_layers.py`` to print the import graph between packages.
 """
@@ -30,7 +30,7 @@ LAYERS = [
     ["regions", "config", "registry"],
     ["io"],
     ["dicom"],
-    ["errors"],
+    ["errors", "hardware"],
 ]
 LAYER_OF = {name: depth for depth, names in enumerate(LAYERS) for name in names}
 

@@ -29,34 +29,28 @@ from medseg.benchmark.inference_cases import (
     monai_reference,
     random_run,
 )
-from medseg.config import load_config
 from medseg.data.datasets import discover_dataset
-from medseg.data.planning import plan
-from medseg.engine.speed import cpu_has_native_bf16
 from medseg.engine.trainer import Trainer, distributed_device
+from medseg.hardware import cpu_has_native_bf16
 from medseg.strategies import build_segmenter
 from medseg.workflows.preparation import prepare_labelled_run
 from medseg.workflows.training import segmentation_loaders
 
-# (label, CONFIG or None for a plan from the data, dataset folder, train.max_minutes)
+# (label, CONFIG or None for a plan from the data, dataset folder, train.max_minutes, strategy)
 TRAINING_PIPELINES = (
-    ("hippocampus_patch", "hippocampus_patch", "hippocampus", 10.0),
-    ("hippocampus planned, 10 min", None, "hippocampus", 10.0),
-    ("openkbp_patch", "openkbp_patch", "openkbp_oar", 30.0),
-    ("openkbp planned, 30 min", None, "openkbp_oar", 30.0),
+    ("hippocampus_patch", "hippocampus_patch", "hippocampus", 10.0, "patch"),
+    ("hippocampus planned, 10 min", None, "hippocampus", 10.0, "patch"),
+    ("openkbp_patch", "openkbp_patch", "openkbp_oar", 30.0, "patch"),
+    ("openkbp planned, 30 min", None, "openkbp_oar", 30.0, "patch"),
+    ("openkbp planned slice2d", None, "openkbp_oar", 30.0, "slice2d"),
+    ("openkbp planned lowres", None, "openkbp_oar", 30.0, "lowres"),
 )
 
-
-def _planned(pipeline: str, data_root: Path, overrides: list[str]):
-    config = load_config(pipeline, [*overrides, f"data.root={data_root}"])
-    dataset = discover_dataset(data_root)
-    return plan(config, dataset, dataset.cases[:20]), dataset
-
-
-SPEED_VARIANTS = {  # the Trainer's settings before the speed work, and as they are now
-    "before (fp32, contiguous)": ["train.channels_last=false"],
-    "after (defaults)": [],
+SPEED_VARIANTS = {  # the Trainer's settings before the speed work, and each setting added to it
+    "before (fp32, contiguous)": ["train.channels_last=false", "train.cpu_bf16=false"],
+    "channels-last, fp32": ["train.cpu_bf16=false"],
 }
+NATIVE_BF16_VARIANT = {"channels-last + cpu_bf16": ["train.cpu_bf16=true"]}
 
 
 def _throughput(trainer: Trainer, iterations: int) -> tuple[float, float]:
@@ -64,23 +58,31 @@ def _throughput(trainer: Trainer, iterations: int) -> tuple[float, float]:
     warm-up epoch."""
     trainer._train_epoch()
     start = time.perf_counter()
+    samples_before = trainer.samples_seen
     trainer._train_epoch()
     seconds = time.perf_counter() - start
-    config = trainer.config
-    return iterations * config.train.batch_size * config.data.samples_per_volume / seconds, seconds / iterations
+    return (trainer.samples_seen - samples_before) / seconds, seconds / iterations
 
 
-def training_throughput(label: str, config_path: str | None, data_root: Path, minutes: float,
+def _input_size(config) -> str:
+    sizes = {"patch": config.patch.patch_size, "slice2d": config.slice2d.patch_size, "lowres": config.lowres.grid_size}
+    return "x".join(map(str, sizes[config.model.strategy]))
+
+
+def training_throughput(label: str, config_path: str | None, data_root: Path, minutes: float, strategy: str,
                         iterations: int = 12) -> list[dict]:
     """Samples/s of ``medseg train CONFIG --data DIR train.max_minutes=M`` (planned as train plans it),
-    per speed variant, on 20 cached training cases."""
+    per speed variant, on 20 cached training cases; ``planned`` marks the variant the plan chose."""
     base = [f"train.max_minutes={minutes}", "train.progress=false", f"train.iterations_per_epoch={iterations}"]
+    if config_path is None:
+        base.append(f"model.strategy={strategy}")
     device = distributed_device()
-    variants = dict(SPEED_VARIANTS)
-    if cpu_has_native_bf16() and device.type == "cpu":
-        variants["after + train.cpu_bf16=true"] = ["train.cpu_bf16=true"]
+    native = cpu_has_native_bf16() and device.type == "cpu"
+    variants = {**SPEED_VARIANTS, **(NATIVE_BF16_VARIANT if native else {})}
     rows, loaders = [], None
     with tempfile.TemporaryDirectory() as unused:
+        as_planned = prepare_labelled_run("train", config_path, data_root, Path(unused) / "run", base,
+                                          plan_for="cuda" if device.type == "cuda" else "cpu").config.train
         for name, overrides in variants.items():
             run = prepare_labelled_run("train", config_path, data_root, Path(unused) / "run", [*base, *overrides],
                                        plan_for="cuda" if device.type == "cuda" else "cpu")
@@ -92,8 +94,10 @@ def training_throughput(label: str, config_path: str | None, data_root: Path, mi
                 loaders = segmentation_loaders(config, segmenter, cases, cases[:1])
             trainer = Trainer(segmenter, config, Path(unused) / "run", *loaders, device)
             samples_per_s, s_per_step = _throughput(trainer, iterations)
-            rows.append({"pipeline": label, "variant": name, "patch": "x".join(map(str, config.patch.patch_size)),
-                         "batch": config.train.batch_size * config.data.samples_per_volume,
+            planned = (config.train.channels_last, config.train.cpu_bf16) == (as_planned.channels_last,
+                                                                               as_planned.cpu_bf16)
+            rows.append({"pipeline": label, "variant": name, "input": _input_size(config),
+                         "batch": config.train.batch_size * config.data.samples_per_volume, "planned": planned,
                          "samples_per_s": samples_per_s, "s_per_step": s_per_step})
     return rows
 
@@ -122,10 +126,11 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"device {'cuda' if torch.cuda.is_available() else 'cpu'}; files in {work}")
     print("\ntraining samples/s: the Trainer's epoch, data loading included (20 cached training cases)")
-    for label, config_path, folder, minutes in TRAINING_PIPELINES:
-        for r in training_throughput(label, config_path, args.data / folder, minutes):
-            print(f"  {r['pipeline']:28s} {r['variant']:28s} patch {r['patch']:10s} x{r['batch']:2d}: "
-                  f"{r['samples_per_s']:6.1f} samples/s ({r['s_per_step']:.2f} s/step)", flush=True)
+    print("  (* the settings the run's plan chose on this machine)")
+    for label, config_path, folder, minutes, strategy in TRAINING_PIPELINES:
+        for r in training_throughput(label, config_path, args.data / folder, minutes, strategy):
+            print(f"  {r['pipeline']:28s} {r['variant']:26s}{'*' if r['planned'] else ' '} {r['input']:10s} "
+                  f"x{r['batch']:2d}: {r['samples_per_s']:6.1f} samples/s ({r['s_per_step']:.2f} s/step)", flush=True)
     if args.training_only:
         return None
 

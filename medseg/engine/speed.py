@@ -9,24 +9,11 @@ without AMX or AVX512-BF16; compiling gave 5% for about 30 s of compilation, so 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from functools import cache
-from pathlib import Path
 
 import torch
 
 from medseg.errors import MedsegError
-
-NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
-
-
-@cache
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (Linux ``/proc/cpuinfo`` flags)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8").split()
-    except OSError:
-        return False
-    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
+from medseg.hardware import cpu_has_native_bf16
 
 
 def check_cpu_bf16(enabled: bool, device: torch.device) -> None:

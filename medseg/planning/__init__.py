@@ -1,5 +1,6 @@
 """Planning: a dataset's fingerprint -> a plan (spacing, normalisation, sampling, mirroring, patch,
-topology, batch) for a strategy, a device and a time budget, each value with its reason."""
+topology, batch, bf16 on a CPU that has it) for a strategy, a device and a time budget, each value with its
+reason."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from medseg.data.checks import check_headers
 from medseg.data.datasets import Case, Dataset, discover_dataset
 from medseg.data.planning import plan as resolve
 from medseg.data.splits import make_split
+from medseg.hardware import cpu_has_native_bf16
 from medseg.planning.fingerprint import Fingerprint, measure_dataset
 from medseg.planning.plan_file import render_plan
 from medseg.planning.planner import Device, Plan, Strategy, make_plan
@@ -75,7 +77,7 @@ def plan_cases(dataset: Dataset, train_cases: list[Case], config: Config, device
     names = resolved.data.class_names or []
     fingerprint = measure_dataset(train_cases, resolved.data.modality == "ct", len(names))
     plan = make_plan(fingerprint, names, resolved.data.modality, config.model.strategy, device,
-                     config.train.max_minutes, config.data.spacing)
+                     config.train.max_minutes, config.data.spacing, native_bf16=cpu_has_native_bf16())
     return DatasetPlan(plan, fingerprint, dataset, resolved)
 
 

@@ -158,9 +158,10 @@ STRATEGY_RULES = {"patch": _plan_patch, "slice2d": _plan_slice2d, "lowres": _pla
 
 
 def make_plan(fp: Fingerprint, class_names: list[str], modality: str, strategy: Strategy, device: Device,
-              minutes: float | None, spacing: list[float] | None = None) -> Plan:
+              minutes: float | None, spacing: list[float] | None = None, native_bf16: bool = False) -> Plan:
     """Every planned value for ``strategy`` on ``device`` within ``minutes`` (None: no time limit); the
-    patch and topology for ``spacing`` where the user chose one."""
+    patch and topology for ``spacing`` where the user chose one; bf16 training where ``device`` is a CPU
+    with ``native_bf16``."""
     compute = _compute(device, minutes)
     limit = f"{minutes:g} minutes" if minutes else f"no time limit (planned as {UNBOUNDED_MINUTES:g} minutes)"
     plan = Plan(budget=f"{device}, {limit}: {compute:.0f} CPU-minutes of compute")
@@ -180,6 +181,8 @@ def make_plan(fp: Fingerprint, class_names: list[str], modality: str, strategy: 
         plan.set("infer", "sw_batch_size", Planned(1, "windows one at a time: on a CPU batching them is slower and "
                                                       "holds 4x the activations") if device == "cpu"
                  else Planned(4, "four windows a batch keep a GPU busy"))
+    if device == "cpu":
+        plan.set("train", "cpu_bf16", rules.cpu_bf16(native_bf16))
     iterations = 250 if compute >= 200 else 50
     plan.set("train", "iterations_per_epoch", Planned(iterations, "steps between validations and checkpoints"))
     plan.set("train", "max_epochs", Planned(1000, "the time budget ends the run first"))

@@ -102,6 +102,18 @@ def test_the_budget_changes_the_plan():
     assert (cpu["model"]["channels"], cpu["model"]["kernel_sizes"]) == ([8, 16, 32, 64, 128], [3] * 5)
 
 
+@pytest.mark.parametrize("strategy", ["patch", "slice2d", "lowres"])
+def test_bf16_is_planned_only_for_a_cpu_that_computes_it(strategy):
+    fp = Fingerprint([_case([1, 1, 1], [96, 96, 96]) for _ in range(10)])
+    names = ["background", "a", "b"]
+    native = make_plan(fp, names, "mri", strategy, "cpu", 10, native_bf16=True)
+    emulated = make_plan(fp, names, "mri", strategy, "cpu", 10, native_bf16=False)
+    assert native.as_dict()["train"]["cpu_bf16"] is True and "natively" in native.values["train"]["cpu_bf16"].reason
+    assert emulated.as_dict()["train"]["cpu_bf16"] is False
+    on_gpu = make_plan(fp, names, "mri", strategy, "cuda", 10, native_bf16=True).keys()
+    assert "train.cpu_bf16" not in on_gpu
+
+
 @pytest.mark.parametrize("network", ["unet", "dynunet"])
 def test_per_axis_strides_build_and_keep_thick_slices(network):
     """Both planned networks take a stride per axis; sides must divide by each axis's own product."""
