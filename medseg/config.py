@@ -94,7 +94,9 @@ class ModelConfig:
     base) picks the transformer presets of ``unetr`` and ``swin_unetr``; ``use_v2`` selects Swin UNETR v2 and
     ``gradient_checkpointing`` trades compute for memory in Swin UNETR. ``pretrained`` names a
     ``medseg pretrain`` run folder or checkpoint, or the research code's ``model_swinvit.pt``, whose
-    encoder initialises Swin UNETR at the start of training.
+    encoder initialises Swin UNETR at the start of training. ``deep_supervision`` (``dynunet``) also
+    scores the decoder's lower-resolution outputs in the training loss, as nnU-Net does, so that the
+    gradient reaches the deep layers directly; prediction uses the full-resolution output alone.
     """
 
     strategy: Literal["patch", "slice2d", "lowres"] = "patch"
@@ -109,6 +111,7 @@ class ModelConfig:
     use_v2: bool = False
     gradient_checkpointing: bool = False
     pretrained: str | None = None
+    deep_supervision: bool = False
 
 
 @dataclass

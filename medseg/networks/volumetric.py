@@ -79,6 +79,9 @@ def _dynunet(model: ModelConfig, in_channels: int, out_channels: int, patch_size
     strides = axis_strides(model, 3)
     require_divisible_per_axis(patch_size, strides, "dynunet", size_key)
     kernels = axis_kernels(model, 3)
+    if model.deep_supervision and len(strides) < 2:
+        raise MedsegError("config key 'model.deep_supervision': needs at least two poolings (model.strides), "
+                          f"got {len(strides)}")
     return DynUNet(
         spatial_dims=3,
         in_channels=in_channels,
@@ -90,7 +93,15 @@ def _dynunet(model: ModelConfig, in_channels: int, out_channels: int, patch_size
         norm_name=model.norm,
         dropout=model.dropout or None,
         res_block=model.num_res_units > 0,
+        deep_supervision=model.deep_supervision,
+        deep_supr_num=deep_supervision_heads(len(strides)),
     )
+
+
+def deep_supervision_heads(poolings: int) -> int:
+    """Lower-resolution outputs scored besides the full-resolution one: every decoder stage's but the
+    coarsest, as nnU-Net v2 weighs it out (at least one; MONAI's DynUNet takes fewer than ``poolings``)."""
+    return max(1, poolings - 2)
 
 
 @NETWORKS_3D.register("vnet")
@@ -166,4 +177,7 @@ def build_network_3d(model: ModelConfig, in_channels: int, out_channels: int, pa
                      size_key: str = "patch.patch_size") -> nn.Module:
     """``size_key`` names the config key of ``patch_size`` in errors about sizes the network cannot take."""
     builder = NETWORKS_3D.get(model.network, key="model.network")
+    if model.deep_supervision and model.network != "dynunet":
+        raise MedsegError(f"config key 'model.deep_supervision': only dynunet has deep supervision heads, "
+                          f"not '{model.network}'")
     return builder(model, in_channels, out_channels, patch_size, size_key=size_key)

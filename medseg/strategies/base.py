@@ -89,12 +89,23 @@ class Segmenter(Task):
 
     def segmentation_loss(self, logits: torch.Tensor, batch: dict, chosen: torch.Tensor | None = None) -> torch.Tensor:
         """``train.loss`` of ``logits`` against the batch's labels (the ``chosen`` samples only, if given),
-        in its marginal form where the batch says which classes each sample annotates."""
+        in its marginal form where the batch says which classes each sample annotates. Logits with one
+        more dimension than the labels are deep supervision's outputs ([N, outputs, C, *spatial], the
+        full-resolution one first, each upsampled to it): their losses are weighed 1, 1/2, 1/4, ... and
+        normalised, as nnU-Net weighs them."""
         label = batch["label"] if chosen is None else batch["label"][chosen]
-        if "annotated" not in batch:
-            return self.loss(logits, label)
-        annotated = batch["annotated"] if chosen is None else batch["annotated"][chosen]
-        return self.loss(logits, label, annotated)
+        annotated = batch.get("annotated")
+        if annotated is not None and chosen is not None:
+            annotated = annotated[chosen]
+
+        def loss_of(output: torch.Tensor) -> torch.Tensor:
+            return self.loss(output, label) if annotated is None else self.loss(output, label, annotated)
+
+        if logits.dim() == label.dim():
+            return loss_of(logits)
+        weights = [0.5**i for i in range(logits.shape[1])]
+        total = sum(w * loss_of(logits[:, i]) for i, w in enumerate(weights))
+        return total / sum(weights)
 
     def segment(self, image: torch.Tensor) -> VolumePrediction:
         """Segment one preprocessed image [C, D, H, W] on its own grid."""

@@ -57,3 +57,20 @@ def test_fcn_takes_any_number_of_input_channels():
     fcn = build_network_2d(_model("model.network=fcn"), 5, 3, [64, 64]).eval()
     with torch.no_grad():
         assert fcn(torch.randn(1, 5, 48, 40)).shape == (1, 3, 48, 40)
+
+
+def test_deep_supervision_adds_lower_resolution_outputs_only_while_training():
+    model = _model("model.network=dynunet", "model.deep_supervision=true", "model.channels=[4,8,16,32]",
+                   "model.strides=[2,2,2]")
+    network = build_network_3d(model, 1, 3, [32, 32, 32])
+    x = torch.zeros((2, 1, 32, 32, 32))
+    assert network.train()(x).shape == (2, 2, 3, 32, 32, 32)  # full resolution and one decoder stage below it
+    assert network.eval()(x).shape == (2, 3, 32, 32, 32)
+
+
+def test_deep_supervision_is_refused_where_the_network_has_no_heads():
+    with pytest.raises(MedsegError, match="model.deep_supervision.*only dynunet.*'unet'"):
+        build_network_3d(_model("model.deep_supervision=true"), 1, 2, [32, 32, 32])
+    with pytest.raises(MedsegError, match="model.deep_supervision.*two poolings"):
+        build_network_3d(_model("model.network=dynunet", "model.deep_supervision=true", "model.channels=[4,8]",
+                                "model.strides=[2]"), 1, 2, [32, 32, 32])

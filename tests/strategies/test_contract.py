@@ -14,6 +14,7 @@ from tests.helpers import TINY
 VARIANTS = [
     ("patch", ["model.network=unet"]),
     ("patch", ["model.network=dynunet"]),
+    ("patch", ["model.network=dynunet", "model.deep_supervision=true"]),
     ("slice2d", ["model.network=unet2d"]),
     ("slice2d", ["model.network=unet2d", "slice2d.shared_model=true", "slice2d.context_slices=1"]),
     ("slice2d", ["model.network=fcn", "slice2d.axes=[2]", "slice2d.fusion=single"]),
@@ -72,7 +73,7 @@ def test_every_registered_strategy_is_covered():
     assert {s for s, _ in VARIANTS} == set(STRATEGIES.names())
 
 
-@pytest.mark.parametrize(("strategy", "extra"), VARIANTS, ids=[f"{s}-{e[0]}" for s, e in VARIANTS])
+@pytest.mark.parametrize(("strategy", "extra"), VARIANTS, ids=[f"{s}-{'-'.join(e)}" for s, e in VARIANTS])
 class TestSegmenterContract:
     def test_training_step_gives_finite_loss_and_gradients(self, strategy, extra):
         segmenter = _segmenter(strategy, extra).train()
