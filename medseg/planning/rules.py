@@ -197,7 +197,7 @@ def partial_classes(fp: Fingerprint, class_names: list[str]) -> Planned:
 
 def cpu_bf16(native_bf16: bool) -> Planned:
     """bf16 autocast for training on a CPU that computes bf16 in hardware (AMX or AVX512-BF16), where it
-    gave 1.5x the samples/s of fp32 for planned 3D U-Nets (``python -m medseg.benchmark``); never where
+    was faster for every strategy's planned network (``engine/speed.py`` has the figures); never where
     bf16 would be emulated, many times slower than fp32."""
     if native_bf16:
         return Planned(True, "bf16 autocast: this CPU computes bf16 natively (AMX or AVX512-BF16)")
