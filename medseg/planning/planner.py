@@ -37,6 +37,10 @@ COUPLED_KEYS = (
     frozenset({"patch.patch_size", "slice2d.patch_size", "slice2d.context_slices", "lowres.grid_size",
                "model.network", "model.channels", "model.strides", "model.kernel_sizes", "model.num_res_units"}),
 )
+# The network's kind stays planned when the user set only sizes of its group: a hand-set width or patch
+# still wants the strategy's own network (a 2D U-Net for slice2d, the V-Net for lowres), not the
+# config's default 3D U-Net. Setting the kind itself drops the whole group.
+NETWORK_KIND = frozenset({"model.network", "model.num_res_units"})
 
 
 @dataclass
@@ -60,7 +64,8 @@ class Plan:
         dropped: builtins.set[str] = builtins.set(user_keys)
         for group in COUPLED_KEYS:
             if group & user_keys:
-                dropped |= group
+                kind_kept = group >= NETWORK_KIND and not NETWORK_KIND & user_keys
+                dropped |= group - NETWORK_KIND if kind_kept else group
         left = sorted(self.keys() & dropped)
         values = {section: {k: p for k, p in keys.items() if f"{section}.{k}" not in dropped}
                   for section, keys in self.values.items()}

@@ -174,12 +174,22 @@ def test_a_value_set_by_the_user_takes_its_coupled_values_out_of_the_plan():
     plan = make_plan(fp, ["background", "a", "b"], "ct", "patch", "cpu", 10)
     assert {"patch.patch_size", "model.strides", "data.intensity_mean", "data.sampling"} <= plan.keys()
     kept = plan.without({"patch.patch_size", "data.intensity_window", "train.lr"})
-    assert not kept.keys() & {"patch.patch_size", "model.strides", "model.channels", "model.network",
+    assert not kept.keys() & {"patch.patch_size", "model.strides", "model.channels",
                               "data.normalization", "data.intensity_mean", "data.intensity_std"}
+    assert {"model.network", "model.num_res_units"} <= kept.keys()  # the network's kind, sized by the user
+    assert not plan.without({"model.network"}).keys() & {"model.num_res_units", "model.strides", "patch.patch_size"}
     assert {"data.spacing", "data.sampling", "train.batch_size"} <= kept.keys()
     assert "not planned: data.intensity_mean" in kept.summary[-1]
     thick = make_plan(fp, ["background", "a", "b"], "ct", "patch", "cpu", 10, spacing=[1.0, 1.0, 4.0])
     assert thick.as_dict()["patch"]["patch_size"] != plan.as_dict()["patch"]["patch_size"]  # planned for it
+
+
+@pytest.mark.parametrize(("strategy", "network"), [("slice2d", "unet2d"), ("lowres", "vnet")])
+def test_a_hand_set_width_keeps_the_strategys_planned_network(strategy, network):
+    fp = Fingerprint([_case([1, 1, 1], [64, 64, 64]) for _ in range(4)])
+    kept = make_plan(fp, ["background", "a", "b"], "ct", strategy, "cpu", 10).without({"model.channels"})
+    planned_keys = kept.keys()
+    assert kept.as_dict()["model"]["network"] == network and "model.strides" not in planned_keys
 
 
 def test_classes_missing_from_many_cases_are_named_but_never_declared_partial():
