@@ -29,6 +29,7 @@ from medseg.benchmark.inference_cases import (
     monai_reference,
     random_run,
 )
+from medseg.config import Config
 from medseg.data.datasets import discover_dataset
 from medseg.engine.trainer import Trainer, distributed_device
 from medseg.hardware import cpu_has_native_bf16
@@ -64,7 +65,7 @@ def _throughput(trainer: Trainer, iterations: int) -> tuple[float, float]:
     return (trainer.samples_seen - samples_before) / seconds, seconds / iterations
 
 
-def _input_size(config) -> str:
+def _input_size(config: Config) -> str:
     sizes = {"patch": config.patch.patch_size, "slice2d": config.slice2d.patch_size, "lowres": config.lowres.grid_size}
     return "x".join(map(str, sizes[config.model.strategy]))
 

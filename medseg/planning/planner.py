@@ -34,6 +34,7 @@ COUPLED_KEYS = (
     frozenset({"data.normalization", "data.intensity_window", "data.intensity_mean", "data.intensity_std"}),
     frozenset({"data.sampling", "data.class_ratios", "data.pos_fraction"}),
     frozenset({"train.batch_size", "data.samples_per_volume"}),
+    frozenset({"data.augment.flip_axes", "infer.mirror_axes"}),
     frozenset({"patch.patch_size", "slice2d.patch_size", "slice2d.context_slices", "lowres.grid_size",
                "model.network", "model.channels", "model.strides", "model.kernel_sizes", "model.num_res_units"}),
 )
@@ -180,9 +181,12 @@ def make_plan(fp: Fingerprint, class_names: list[str], modality: str, strategy: 
     plan.set("data", "sampling", Planned("classes", "crops centred on each class: rare organs are seen"))
     plan.set("data", "class_ratios", rules.class_ratios(fp, class_names))
     plan.set("data", "partial_classes", rules.partial_classes(fp, class_names))
-    plan.set("data.augment", "flip_axes", rules.mirror_axes(fp, class_names))
+    flips = rules.mirror_axes(fp, class_names)
+    plan.set("data.augment", "flip_axes", flips)
     STRATEGY_RULES[strategy](plan, fp, [float(v) for v in chosen.value], compute)
     if strategy == "patch":
+        plan.set("infer", "mirror_axes", Planned(flips.value, "test-time mirroring along the axes training mirrors "
+                                                              "along (nnU-Net's rule)"))
         plan.set("infer", "sw_batch_size", Planned(1, "windows one at a time: on a CPU batching them is slower and "
                                                       "holds 4x the activations") if device == "cpu"
                  else Planned(4, "four windows a batch keep a GPU busy"))

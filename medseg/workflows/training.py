@@ -40,8 +40,10 @@ def segmentation_loaders(config: Config, segmenter: Segmenter, train_cases: list
 
 def _final_validation(config: Config, run_dir: Path, device: torch.device, val_cases: list[Case],
                       log: Callable[[str], None]) -> None:
-    """Predict the validation cases as ``medseg infer`` would and score them in their own geometry."""
-    predictor = Predictor(run_dir, device=device.type)
+    """Predict the validation cases as ``medseg infer`` would and score them in their own geometry, with
+    the weights at the end of training: ``best.pt`` was chosen on these same cases, so its score on them
+    would be biased upwards."""
+    predictor = Predictor(run_dir, device=device.type, checkpoint="last.pt")
     pred_dir = run_dir / "validation" / "predictions"
     predictor.predict_files([c.image for c in val_cases], pred_dir, overwrite=True, progress=config.train.progress,
                             log=log)

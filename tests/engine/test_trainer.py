@@ -138,3 +138,21 @@ def test_automatic_validation_keeps_validation_under_a_tenth_of_the_training_tim
     assert [due(3, e, 1.0, 100.0) for e in range(4)] == [False, False, True, False]
     with pytest.raises(MedsegError, match="train.val_every"):
         load_config(None, ["train.val_every=-1"])
+
+
+def test_the_final_validation_scores_the_last_weights_not_those_chosen_on_the_same_cases(phantom_dir, tmp_path,
+                                                                                         monkeypatch):
+    import medseg.workflows.training as training
+
+    checkpoints = []
+    predictor = training.Predictor
+
+    def recording(run_dir, **options):
+        checkpoints.append(options.get("checkpoint", "best.pt"))
+        return predictor(run_dir, **options)
+
+    monkeypatch.setattr(training, "Predictor", recording)
+    run = train(None, data_dir=phantom_dir, output=tmp_path / "final", log=lambda _: None,
+                overrides=[*TINY, "train.final_validation=true"])
+    assert checkpoints == ["last.pt"]
+    assert json.loads((run / "validation" / "metrics.json").read_text(encoding="utf-8"))["num_cases"] >= 1

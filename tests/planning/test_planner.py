@@ -74,6 +74,17 @@ def test_mirroring_leaves_out_the_axis_along_which_two_classes_mirror_each_other
     assert rules.mirror_axes(Fingerprint(cases), ["background", "big", "small"]).value == [0, 1, 2]
 
 
+def test_patch_plans_predict_mirrored_along_the_axes_training_mirrors_along():
+    cases = [_case([1, 1, 1], [64, 64, 64], offsets=[[0, 0, 0], [-30 - i, 2, 1], [31 + i, 1, 0]])
+             for i in range(5)]
+    plan = make_plan(Fingerprint(cases), ["background", "left", "right"], "ct", "patch", "cpu", 10)
+    assert plan.as_dict()["infer"]["mirror_axes"] == plan.as_dict()["data"]["augment"]["flip_axes"] == [1, 2]
+    assert "infer.mirror_axes" not in plan.without({"data.augment.flip_axes"}).as_dict().get("infer", {})
+    for strategy in ("slice2d", "lowres"):  # only the patch strategy's windows are mirrored
+        other = make_plan(Fingerprint(cases), ["background", "left", "right"], "ct", strategy, "cpu", 10)
+        assert "mirror_axes" not in other.as_dict().get("infer", {})
+
+
 def test_ct_normalisation_is_clipping_then_a_foreground_zscore():
     values = np.random.default_rng(0).normal(40.0, 120.0, 20_000)
     fp = Fingerprint([_case([1, 1, 1], [8] * 3, values=values)])
