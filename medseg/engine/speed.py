@@ -5,7 +5,8 @@ channels-last format made a 3D U-Net step 1.25x faster with the same loss, so it
 autocast there was 14x slower (no native bf16: it is emulated), so it is refused on CPUs without AMX or
 AVX512-BF16. On a 2-core Xeon with AMX-BF16 it gave 1.5x the samples/s of channels-last fp32 for the
 planned OpenKBP patch U-Net, 1.8x for the V-Net, 1.15x for the 2D U-Net and little for the narrow
-hippocampus U-Net, at the same held-out Dice there, so the planner turns it on where the CPU has it.
+hippocampus U-Net (with the same held-out Dice as fp32 there, side by side), so the planner turns it
+on where the CPU has it.
 Compiling gave 5% for about 30 s of compilation, so it is opt-in.
 """
 
