@@ -104,8 +104,8 @@ class Segmenter(Task):
         if logits.dim() == label.dim():
             return loss_of(logits)
         weights = [0.5**i for i in range(logits.shape[1])]
-        total = sum(w * loss_of(logits[:, i]) for i, w in enumerate(weights))
-        return total / sum(weights)
+        losses = torch.stack([loss_of(logits[:, i]) for i in range(len(weights))])
+        return (losses * losses.new_tensor(weights)).sum() / sum(weights)
 
     def segment(self, image: torch.Tensor) -> VolumePrediction:
         """Segment one preprocessed image [C, D, H, W] on its own grid."""
