@@ -89,13 +89,24 @@ def _compute(device: Device, minutes: float | None) -> float:
     return DEVICE_SPEED[device] * (minutes or UNBOUNDED_MINUTES)
 
 
-def _width(compute: float) -> tuple[int, str]:
-    """Base feature count: 32 (nnU-Net's) with a GPU-sized budget, narrower when compute is scarce."""
+def _width(compute: float, spare: float = 1.0) -> tuple[int, str]:
+    """Base feature count: 32 (nnU-Net's) with a GPU-sized budget, narrower when compute is scarce.
+
+    ``spare`` is the voxel budget over the patch's voxels: above 1 when the images are smaller than
+    the budget allows a patch to be. That compute goes into width instead, as far as nnU-Net's 32: a
+    convolution costs width squared a voxel, so the width grows with the square root of the spare.
+    """
     if compute >= 200:
         return 32, "nnU-Net's width: the budget allows it"
     if compute >= 45:
-        return 24, f"narrower than nnU-Net's 32: {compute:.0f} CPU-minutes of compute"
-    return 16, f"narrow: {compute:.0f} CPU-minutes of compute buy more steps than width"
+        base, reason = 24, f"narrower than nnU-Net's 32: {compute:.0f} CPU-minutes of compute"
+    else:
+        base, reason = 16, f"narrow: {compute:.0f} CPU-minutes of compute buy more steps than width"
+    widened = min(32, int(round(base * np.sqrt(max(spare, 1.0)) / 8)) * 8)
+    if widened > base:
+        return widened, (f"{base} widened to {widened}: the patch covers the median image and the budget holds "
+                         f"{spare:.1f}x its voxels; a convolution costs width squared")
+    return base, reason
 
 
 def _channels(base: int, levels: int, cap: int = 320) -> list[int]:
@@ -110,7 +121,7 @@ def _plan_patch(plan: Plan, fp: Fingerprint, spacing: list[float], compute: floa
     voxels = float(np.clip(VOXELS_PER_COMPUTE_MINUTE * compute, MIN_PATCH_VOXELS, MAX_PATCH_VOXELS))
     patch = rules.fit_patch(spacing, median, voxels)
     strides, kernels, _ = rules.pooling(spacing, patch)
-    base, width_reason = _width(compute)
+    base, width_reason = _width(compute, voxels / float(np.prod(patch)))
     shape = "x".join(str(int(round(m))) for m in median)
     plan.set("patch", "patch_size", Planned(patch, f"covers the median cropped image ({shape}) within "
                                                    f"{voxels / 1e3:.0f}k voxels of budget"))

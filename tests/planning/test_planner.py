@@ -85,6 +85,19 @@ def test_patch_plans_predict_mirrored_along_the_axes_training_mirrors_along():
         assert "mirror_axes" not in other.as_dict().get("infer", {})
 
 
+def test_images_smaller_than_the_patch_budget_get_the_spare_compute_as_width():
+    names = ["background", "a", "b"]
+    small = Fingerprint([_case([1, 1, 1], [35, 50, 35]) for _ in range(50)])
+    large = Fingerprint([_case([1, 1, 1], [160, 160, 160]) for _ in range(50)])
+    widths = {(name, minutes): make_plan(fp, names, "mri", "patch", "cpu", minutes).values["model"]["channels"]
+              for name, fp in (("small", small), ("large", large)) for minutes in (10, 25)}
+    assert widths["large", 10].value[0] == widths["large", 25].value[0] == 16  # the patch took the whole budget
+    # 40x56x40 covers the image: 10 minutes hold 1.8x its voxels (16 * 1.8 ** 0.5 -> 24), 25 minutes 4.5x.
+    assert (widths["small", 10].value[0], widths["small", 25].value[0]) == (24, 32)
+    assert "widened to 24" in widths["small", 10].reason
+    assert make_plan(small, names, "mri", "patch", "cuda", 60).as_dict()["model"]["channels"][0] == 32  # the cap
+
+
 def test_ct_normalisation_is_clipping_then_a_foreground_zscore():
     values = np.random.default_rng(0).normal(40.0, 120.0, 20_000)
     fp = Fingerprint([_case([1, 1, 1], [8] * 3, values=values)])
