@@ -116,7 +116,9 @@ def _channels(base: int, levels: int, cap: int = 320) -> list[int]:
 def _plan_patch(plan: Plan, fp: Fingerprint, spacing: list[float], compute: float) -> None:
     """nnU-Net's U-Net (``dynunet``: two convolutions a stage, kernels per axis) with a GPU-sized budget;
     below it MONAI's residual U-Net (one strided convolution and two residual units a stage), which on
-    a CPU trains several times more steps in the same minutes at the same patch."""
+    a CPU trains several times more steps in the same minutes at the same patch. Its first convolution
+    is strided, so it has no full-resolution stage; adding one made a hippocampus step 5x slower and
+    lost Dice at 10 minutes (the results page)."""
     median = rules.resampled_median_shape(fp, spacing)
     voxels = float(np.clip(VOXELS_PER_COMPUTE_MINUTE * compute, MIN_PATCH_VOXELS, MAX_PATCH_VOXELS))
     patch = rules.fit_patch(spacing, median, voxels)
