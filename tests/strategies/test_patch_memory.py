@@ -73,3 +73,17 @@ def test_folds_predict_together_from_their_mean_window_logits():
     mean = inferer(image[None], lambda x: (first.network(x) + second.network(x)) / 2)[0]
     torch.testing.assert_close(together.float(), torch.softmax(mean, 0), atol=1e-3, rtol=0)
     assert not torch.allclose(together.float(), first.segment(image).probabilities.float(), atol=1e-2)
+
+
+def test_validation_while_training_is_unmirrored_and_prediction_is_mirrored(monkeypatch):
+    segmenter = _segmenter("infer.mirror_axes=[0,2]")
+    calls = []
+    forward = segmenter.network.forward
+    monkeypatch.setattr(segmenter.network, "forward", lambda x: calls.append(x.shape) or forward(x))
+    image, label = torch.randn(1, 1, 40, 36, 24), torch.zeros(1, 1, 40, 36, 24, dtype=torch.long)
+    with torch.inference_mode():
+        segmenter.validation_step({"image": image, "label": label})
+        unmirrored = len(calls)
+        segmenter.segment(image[0])
+    assert unmirrored > 0 and len(calls) - unmirrored == 3 * unmirrored  # the window, then flipped along 0 and 2
+    assert segmenter.mirror_axes == [0, 2]  # restored for prediction after validating
