@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from monai.data import Dataset as MonaiDataset
 
-from medseg.config import Config
+from medseg.config import Config, user_keys
 from medseg.data.datasets import loader_items
 from medseg.engine.budget import learning_curve, run_budget
 from medseg.engine.checkpoint import load_checkpoint
@@ -31,6 +31,7 @@ from medseg.engine.loaders import make_loaders
 from medseg.engine.plots import write_curves_svg
 from medseg.engine.run_folder import create_run_folder, is_main_process, open_run_folder, rank_zero_log
 from medseg.engine.trainer import Trainer, distributed_device, seed_everything
+from medseg.hardware import cpu_has_native_bf16
 from medseg.io import atomic_output
 from medseg.models2d import ClassSpec, Model2D, Prediction2D, build_model_2d, evenly_spaced
 from medseg.models2d.detector_plan import plan_detectors, provisional
@@ -39,7 +40,7 @@ from medseg.models2d.scoring import Evaluator2D
 from medseg.models2d.slices import slice_sampling, volume_transforms
 from medseg.models2d.targets import semantic_target
 from medseg.planning.plan_file import render_planned
-from medseg.planning.rules import Planned
+from medseg.planning.rules import Planned, cpu_bf16
 from medseg.workflows.preparation import prepare_labelled_run, resume_labelled_run
 
 Volume2D = tuple[torch.Tensor, torch.Tensor]  # image and dataset label values, [H, W, Z] each
@@ -149,6 +150,17 @@ def _summary(config: Config, split: dict, slices: int, classes: ClassSpec, resul
     ])
 
 
+def _planned_precision(config: Config, chosen: set[str], device: torch.device) -> tuple[Config, dict[str, Planned]]:
+    """``config`` with bf16 autocast planned for every model as ``medseg train`` plans it, on a CPU where the
+    user did not set ``train.cpu_bf16``: the same precision for all keeps the budget equal, and on a CPU
+    with AMX it buys the detectors about twice the steps."""
+    if device.type != "cpu" or "train.cpu_bf16" in chosen:
+        return config, {}
+    planned = cpu_bf16(cpu_has_native_bf16())
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, cpu_bf16=planned.value)), \
+        {"train.cpu_bf16": planned}
+
+
 def run_compare(
     config_path: str | Path | None,
     data_dir: str | Path | None = None,
@@ -176,15 +188,18 @@ def run_compare(
         volumes + slice_sampling(config), volumes, sampling_copies=True,
     )
     planned: dict[str, Planned] = {}
+    if not resume:
+        config, planned = _planned_precision(config, user_keys(config_path, overrides), device)
     if detectors:
         assert isinstance(train_loader.dataset, MonaiDataset)
-        settings, planned = plan_detectors(c, train_loader.dataset, classes)
+        settings, planned_detectors = plan_detectors(c, train_loader.dataset, classes)
         config, c = dataclasses.replace(config, compare=settings), settings
+        planned.update(planned_detectors)
     if is_main_process():
         create_run_folder(run_dir, config, split)
         if planned:
-            header = [f"planned from the instances of {len(split['train'])} training cases' slices; "
-                      "config.yaml holds these values"]
+            header = [f"planned for this machine and from the instances of {len(split['train'])} training cases' "
+                      "slices; config.yaml holds these values"]
             with atomic_output(run_dir / "plan.yaml") as tmp:
                 tmp.write_text(render_planned(header, planned), encoding="utf-8")
     for key, value in planned.items():

@@ -11,8 +11,10 @@ import yaml
 from PIL import Image
 
 from medseg.cli import main
-from medseg.config import config_from_dict
+from medseg.config import config_from_dict, load_config
+from medseg.hardware import cpu_has_native_bf16
 from medseg.models2d import ClassSpec, build_model_2d
+from medseg.workflows import comparison
 
 MODELS = ["fcn", "unet2d", "maskrcnn", "panoptic"]
 TINY = [
@@ -153,6 +155,24 @@ def test_the_detector_settings_are_planned_from_the_training_slices_and_recorded
     assert "# instance scales" in (compared / "plan.yaml").read_text(encoding="utf-8")
     config = yaml.safe_load((compared / "config.yaml").read_text(encoding="utf-8"))["compare"]
     assert all(config[key] == value for key, value in plan.items())  # what every model was built with
+
+
+def test_the_precision_is_planned_for_this_cpu_and_recorded(compared):
+    plan = yaml.safe_load((compared / "plan.yaml").read_text(encoding="utf-8"))["train"]
+    config = yaml.safe_load((compared / "config.yaml").read_text(encoding="utf-8"))["train"]
+    assert plan == {"cpu_bf16": cpu_has_native_bf16()} and config["cpu_bf16"] == plan["cpu_bf16"]
+    assert "# bf16 autocast" in (compared / "plan.yaml").read_text(encoding="utf-8") or not plan["cpu_bf16"]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_is_planned_where_the_cpu_computes_it_and_the_user_did_not_choose(native, monkeypatch):
+    monkeypatch.setattr(comparison, "cpu_has_native_bf16", lambda: native)
+    config = load_config(None, [], command="compare")
+    planned_config, planned = comparison._planned_precision(config, set(), torch.device("cpu"))
+    assert planned_config.train.cpu_bf16 is native and planned["train.cpu_bf16"].value is native
+    chosen = load_config(None, ["train.cpu_bf16=false"], command="compare")
+    assert comparison._planned_precision(chosen, {"train.cpu_bf16"}, torch.device("cpu")) == (chosen, {})
+    assert comparison._planned_precision(config, set(), torch.device("cuda")) == (config, {})
 
 
 @pytest.mark.parametrize("case, extra, words", [
