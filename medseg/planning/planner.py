@@ -25,6 +25,7 @@ Strategy = Literal["patch", "slice2d", "lowres"]
 DEVICE_SPEED = {"cpu": 1.0, "cuda": 40.0}
 VOXELS_PER_COMPUTE_MINUTE = 16_000  # patch voxels a CPU-minute of budget buys (10 min -> about 54^3)
 MIN_PATCH_VOXELS, MAX_PATCH_VOXELS = 32**3, 128**3
+LOWRES_GPU_VOXELS, LOWRES_CPU_MIN_VOXELS = 128 * 128 * 64, 64 * 64 * 48  # the V-Net paper's grid; the CPU floor
 UNBOUNDED_MINUTES = 600.0  # the budget a plan assumes when the run has no time limit
 
 # Planned values that only make sense together. A user who sets one of them (in a CONFIG or on the
@@ -156,8 +157,14 @@ def _plan_slice2d(plan: Plan, fp: Fingerprint, spacing: list[float], compute: fl
 
 
 def _plan_lowres(plan: Plan, fp: Fingerprint, spacing: list[float], compute: float) -> None:
+    """The V-Net on the median image scaled into a voxel budget: the paper's 128x128x64 with a GPU-sized
+    budget; on a CPU the patch strategy's voxel budget for the same minutes, at least 64x64x48. A grid
+    coarser than the budget pays twice: the curve flattens early (OpenKBP at 64x64x48 gained 0.01 grid Dice
+    over the last 40% of 30 minutes) and the upsampled prediction loses Dice at the scan's resolution
+    (0.44 on the grid, 0.40 on the same cases at full resolution)."""
     median = rules.resampled_median_shape(fp, spacing)
-    budget = 128 * 128 * 64 if compute >= 200 else 64 * 64 * 48
+    budget = LOWRES_GPU_VOXELS if compute >= 200 else float(
+        np.clip(VOXELS_PER_COMPUTE_MINUTE * compute, LOWRES_CPU_MIN_VOXELS, LOWRES_GPU_VOXELS))
     scale = min(1.0, (budget / float(np.prod(median))) ** (1 / 3))
     grid = [int(max(16, round(m * scale / 16) * 16)) for m in median]
     plan.set("lowres", "grid_size", Planned(grid, f"the median image scaled to about {budget / 1e3:.0f}k voxels"))

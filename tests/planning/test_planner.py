@@ -122,6 +122,9 @@ def test_the_budget_changes_the_plan():
     cpu = make_plan(fp, names, "mri", "lowres", "cpu", 30).as_dict()
     gpu = make_plan(fp, names, "mri", "lowres", "cuda", 60).as_dict()
     assert np.prod(gpu["lowres"]["grid_size"]) > np.prod(cpu["lowres"]["grid_size"])
+    short = make_plan(fp, names, "mri", "lowres", "cpu", 10).as_dict()
+    assert short["lowres"]["grid_size"] == [64, 64, 64]  # the CPU floor, 64x64x48's voxels
+    assert cpu["lowres"]["grid_size"] == [80, 80, 80]  # the patch's 480k voxels of 30 CPU-minutes
     assert (gpu["model"]["channels"], gpu["model"]["kernel_sizes"]) == ([16, 32, 64, 128, 256], [5] * 5)  # the paper's
     assert (cpu["model"]["channels"], cpu["model"]["kernel_sizes"]) == ([8, 16, 32, 64, 128], [3] * 5)
 
