@@ -198,8 +198,9 @@ def run_compare(
     if is_main_process():
         create_run_folder(run_dir, config, split)
         if planned:
-            header = [f"planned for this machine and from the instances of {len(split['train'])} training cases' "
-                      "slices; config.yaml holds these values"]
+            source = (f" and from the instances of {len(split['train'])} training cases' slices" if detectors
+                      else "")
+            header = [f"planned for this machine{source}; config.yaml holds these values"]
             with atomic_output(run_dir / "plan.yaml") as tmp:
                 tmp.write_text(render_planned(header, planned), encoding="utf-8")
     for key, value in planned.items():

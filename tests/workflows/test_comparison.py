@@ -14,6 +14,7 @@ from medseg.cli import main
 from medseg.config import config_from_dict, load_config
 from medseg.hardware import cpu_has_native_bf16
 from medseg.models2d import ClassSpec, build_model_2d
+from medseg.planning.rules import cpu_bf16
 from medseg.workflows import comparison
 
 MODELS = ["fcn", "unet2d", "maskrcnn", "panoptic"]
@@ -161,7 +162,8 @@ def test_the_precision_is_planned_for_this_cpu_and_recorded(compared):
     plan = yaml.safe_load((compared / "plan.yaml").read_text(encoding="utf-8"))["train"]
     config = yaml.safe_load((compared / "config.yaml").read_text(encoding="utf-8"))["train"]
     assert plan == {"cpu_bf16": cpu_has_native_bf16()} and config["cpu_bf16"] == plan["cpu_bf16"]
-    assert "# bf16 autocast" in (compared / "plan.yaml").read_text(encoding="utf-8") or not plan["cpu_bf16"]
+    line = f"cpu_bf16: {str(plan['cpu_bf16']).lower()}  # {cpu_bf16(cpu_has_native_bf16()).reason}"
+    assert line in (compared / "plan.yaml").read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("native", [True, False])
