@@ -92,7 +92,10 @@ class ModelConfig:
     ``channels``/``strides``/``num_res_units`` shape the U-Nets; ``dynunet`` also takes a stride and a
     ``kernel_sizes`` entry per axis (``[1, 2, 2]``: no pooling across thick slices); ``size`` (tiny, small,
     base) picks the transformer presets of ``unetr`` and ``swin_unetr``; ``use_v2`` selects Swin UNETR v2 and
-    ``gradient_checkpointing`` trades compute for memory in Swin UNETR. ``pretrained`` names a
+    ``gradient_checkpointing`` trades compute for memory in Swin UNETR. ``window_size`` is Swin UNETR's
+    attention window in tokens; unset, it is the pretrained encoder's (7 in the released weights) or else
+    the largest window up to 7 that tiles the first stage's token grid, so that no attention is spent on
+    padding (4 for a 64^3 patch, whose 32^3 tokens a window of 7 pads to 35^3). ``pretrained`` names a
     ``medseg pretrain`` run folder or checkpoint, or the research code's ``model_swinvit.pt``, whose
     encoder initialises Swin UNETR at the start of training. ``deep_supervision`` (``dynunet``) also
     scores the decoder's lower-resolution outputs in the training loss, as nnU-Net does, so that the
@@ -110,6 +113,7 @@ class ModelConfig:
     size: Literal["tiny", "small", "base"] = "small"
     use_v2: bool = False
     gradient_checkpointing: bool = False
+    window_size: int | None = None
     pretrained: str | None = None
     deep_supervision: bool = False
 
@@ -556,6 +560,8 @@ def _check_model(m: ModelConfig) -> None:
                  f"one entry per level ({len(m.channels)})", m.kernel_sizes)
     _require(0.0 <= m.dropout < 1.0, "model.dropout", "a probability in [0, 1)", m.dropout)
     _require(m.num_res_units >= 0, "model.num_res_units", "0 or more", m.num_res_units)
+    _require(m.window_size is None or m.window_size >= 2, "model.window_size", "a window of 2 or more tokens, or null",
+             m.window_size)
 
 
 def _check_train(t: TrainConfig) -> None:

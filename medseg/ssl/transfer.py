@@ -65,6 +65,21 @@ def encoder_key(key: str) -> str | None:
     return key
 
 
+def pretrained_window_size(path: str | Path) -> int:
+    """The attention window the encoder in ``path`` was trained with, from the side of its relative
+    position bias table, (2w - 1)^3 rows for a window of w: fine-tuning must use the same window."""
+    path = Path(path)
+    for key, value in _read_weights(path).items():
+        name = encoder_key(key)
+        if name is not None and name.endswith("relative_position_bias_table") and value.ndim == 2:
+            side = round(value.shape[0] ** (1 / 3))
+            if side ** 3 == value.shape[0] and side % 2 == 1:
+                return (side + 1) // 2
+            raise MedsegError(f"{path}: encoder tensor '{name}' has {value.shape[0]} rows, "
+                              "not the (2w - 1)^3 of a cubic attention window")
+    raise MedsegError(f"{path}: no Swin UNETR encoder tensors in this file")
+
+
 def load_pretrained_encoder(network: nn.Module, path: str | Path) -> TransferReport:
     """Copy the encoder tensors of ``path`` into ``network.encoder``, a Swin transformer; shapes must agree
     (same size preset)."""
@@ -84,7 +99,7 @@ def load_pretrained_encoder(network: nn.Module, path: str | Path) -> TransferRep
             raise MedsegError(
                 f"{path}: encoder tensor '{name}' has shape {list(value.shape)}, "
                 f"this Swin UNETR has {list(own[name].shape)}; "
-                "fine-tune with the model.size and model.use_v2 the encoder was pretrained with"
+                "fine-tune with the model.size, model.use_v2 and model.window_size the encoder was pretrained with"
             )
         else:
             loaded[name] = value

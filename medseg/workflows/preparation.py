@@ -17,6 +17,7 @@ from medseg.engine.run_folder import new_run_dir, read_run_to_resume
 from medseg.errors import MedsegError
 from medseg.planning import plan_cases
 from medseg.planning.planner import Device
+from medseg.ssl.transfer import pretrained_window_size
 
 
 @dataclass
@@ -75,6 +76,8 @@ def prepare_labelled_run(
     config = plan(config, dataset, train_cases)
     if config.model.pretrained:  # absolute, like data.root
         config.model.pretrained = str(Path(config.model.pretrained).resolve())
+        if config.model.network == "swin_unetr" and config.model.window_size is None:
+            config.model.window_size = pretrained_window_size(config.model.pretrained)
     return LabelledRun(config, split, run_dir, by_id, plan_text)
 
 

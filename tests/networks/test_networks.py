@@ -6,6 +6,7 @@ import torch
 from medseg.config import load_config
 from medseg.errors import MedsegError
 from medseg.networks import NETWORKS_2D, NETWORKS_3D, build_network_2d, build_network_3d
+from medseg.networks.volumetric import tiling_window
 
 
 def _model(*overrides):
@@ -74,3 +75,21 @@ def test_deep_supervision_is_refused_where_the_network_has_no_heads():
     with pytest.raises(MedsegError, match="model.deep_supervision.*two poolings"):
         build_network_3d(_model("model.network=dynunet", "model.deep_supervision=true", "model.channels=[4,8]",
                                 "model.strides=[2]"), 1, 2, [32, 32, 32])
+
+
+@pytest.mark.parametrize(("patch", "window"), [
+    ([32, 32, 32], 4), ([64, 64, 64], 4), ([96, 96, 96], 6), ([160, 160, 160], 5), ([224, 224, 224], 7),
+    ([64, 64, 96], 4),
+])
+def test_swin_window_tiles_the_first_stage_tokens(patch, window):
+    assert tiling_window(patch) == window
+    assert all(t % window == 0 for t in (side // 2 for side in patch))
+
+
+def test_swin_unetr_takes_the_tiling_window_unless_one_is_set():
+    planned = build_network_3d(_model("model.network=swin_unetr", "model.size=tiny"), 1, 2, [64, 64, 64])
+    chosen = build_network_3d(_model("model.network=swin_unetr", "model.size=tiny", "model.window_size=7"), 1, 2,
+                              [64, 64, 64])
+    assert planned.swinViT.window_size == (4, 4, 4) and chosen.swinViT.window_size == (7, 7, 7)
+    table = "layers1.0.blocks.0.attn.relative_position_bias_table"
+    assert planned.swinViT.state_dict()[table].shape[0] == 7 ** 3  # (2w - 1)^3 relative offsets

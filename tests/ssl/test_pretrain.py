@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from monai.networks.nets import SwinUNETR
 
 from medseg.cli import main
@@ -14,7 +15,7 @@ from medseg.errors import MedsegError
 from medseg.networks import build_network_3d
 from medseg.ssl.proxy_tasks import mask_cubes, rotate
 from medseg.ssl.task import SwinPretrainer
-from medseg.ssl.transfer import load_pretrained_encoder
+from medseg.ssl.transfer import load_pretrained_encoder, pretrained_window_size
 from medseg.strategies import build_segmenter
 from tests.helpers import TINY, TINY_COMMON
 
@@ -26,8 +27,8 @@ PRETRAIN = [*TINY_COMMON, "model.network=swin_unetr", "model.size=tiny", "pretra
             "pretrain.embedding_dim=32"]
 
 
-def _swin(size="tiny") -> torch.nn.Module:
-    return build_network_3d(ModelConfig(network="swin_unetr", size=size), 1, 3, [64, 64, 64])
+def _swin(size="tiny", window_size=None) -> torch.nn.Module:
+    return build_network_3d(ModelConfig(network="swin_unetr", size=size, window_size=window_size), 1, 3, [64, 64, 64])
 
 
 def test_rotation_views_turn_back_to_the_input():
@@ -88,10 +89,11 @@ def _research_layout(network: torch.nn.Module) -> dict:
 
 def test_model_swinvit_layout_loads_like_monai_load_from(tmp_path):
     torch.manual_seed(1)
-    source = _swin()
+    source = _swin(window_size=7)  # the released weights' window
     path = tmp_path / "model_swinvit.pt"
     torch.save(_research_layout(source), path)
-    ours, monai = _swin(), _swin()
+    assert pretrained_window_size(path) == 7
+    ours, monai = _swin(window_size=7), _swin(window_size=7)
     report = load_pretrained_encoder(ours, path)
     assert report.matched == len(source.swinViT.state_dict()) and report.missing == []
     assert sorted(report.unexpected) == [
@@ -102,7 +104,9 @@ def test_model_swinvit_layout_loads_like_monai_load_from(tmp_path):
         torch.testing.assert_close(ours.swinViT.state_dict()[key], value, msg=key)
         torch.testing.assert_close(monai.swinViT.state_dict()[key], value, msg=key)
     with pytest.raises(MedsegError, match="shape"):
-        load_pretrained_encoder(_swin("small"), path)
+        load_pretrained_encoder(_swin("small", window_size=7), path)
+    with pytest.raises(MedsegError, match="model.window_size the encoder was pretrained with"):
+        load_pretrained_encoder(_swin(window_size=4), path)
     (tmp_path / "notes.pt").write_text("not weights")
     with pytest.raises(MedsegError, match="notes.pt: cannot load pretrained weights"):
         load_pretrained_encoder(ours, tmp_path / "notes.pt")
@@ -137,6 +141,16 @@ def test_pretrain_run_resumes_and_its_encoder_fine_tunes_with_nothing_missing(ph
     assert load_pretrained_encoder(tuned.network, run / "best.pt").missing == []
     for key, value in encoder.items():
         torch.testing.assert_close(tuned.state_dict()[key], value)
+
+    # Unset, the window is the pretrained encoder's, whatever window would tile the fine-tuning patch.
+    assert pretrained_window_size(run) == 4  # pretrained at 32^3: 16^3 tokens
+    released = tmp_path / "model_swinvit.pt"
+    torch.save(_research_layout(_swin(window_size=7)), released)
+    fine7 = tmp_path / "fine7"
+    assert main(["train", "pipelines/hippocampus_swin.yaml", "--data", str(phantom_dir), "--output", str(fine7),
+                 *TINY, *SWIN_TINY, "data.modality=ct", f"model.pretrained={released}", "train.max_epochs=0"]) == 0
+    assert "0 missing" in capsys.readouterr().out
+    assert yaml.safe_load((fine7 / "config.yaml").read_text(encoding="utf-8"))["model"]["window_size"] == 7
 
 
 def test_encoder_freezing_and_learning_rate_scale():
