@@ -1,11 +1,13 @@
 """The sections of the results page, one renderer per kind of run: training runs side by side, a
-``medseg compare`` folder, the nnU-Net peer benchmark, an ensemble benchmark and the large-CT benchmark.
+``medseg compare`` folder, the nnU-Net peer benchmark, an ensemble benchmark, the large-CT benchmark and
+the pretraining protocol.
 Each returns its Markdown and the figures the README's table shows."""
 
 from __future__ import annotations
 
 import csv
 import math
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +16,8 @@ from typing import Any
 import yaml
 
 from medseg.errors import MedsegError
-from medseg.report.run_files import NEAR_STEP, crops_per_step, dice_at_step, read_json, run_figures
+from medseg.report.run_files import NEAR_STEP, RunFigures, crops_per_step, dice_at_step, read_json, run_figures
+from medseg.report.runs import read_run
 
 LEARNED_NOTHING = 0.05  # a mean Dice under this after a budget: the method learned nothing in it
 
@@ -254,8 +257,71 @@ def _large_ct_section(spec: dict[str, Any], root: Path) -> tuple[str, list[str]]
     return "\n\n".join([body, *notes]), headline
 
 
+def mean_and_spread(values: list[float]) -> str:
+    """Mean ± sample standard deviation, as the pretraining protocol reports its arms."""
+    if len(values) < 2:
+        return _number(values[0]) if values else "-"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+SSL_ARMS = {"scratch": "from scratch", "pretrained": "pretrained"}
+
+
+def _ssl_section(spec: dict[str, Any], root: Path) -> tuple[str, list[str]]:
+    """A ``medseg.benchmark.ssl`` folder: each seed's two fine-tunes, their spread, the validation Dice of
+    each arm by steps (mean over seeds), and what the pretraining run did."""
+    folder = root / spec["folder"]
+    seeds = sorted(int(path.name.removeprefix("scratch_seed")) for path in folder.glob("scratch_seed*")
+                   if path.is_dir())
+    if not seeds:
+        raise MedsegError(f"{folder}: no fine-tuning runs (scratch_seed*) to report")
+    runs: dict[str, dict[int, RunFigures]] = {
+        arm: {seed: run_figures(f"{label} seed {seed}", folder / f"{arm}_seed{seed}") for seed in seeds}
+        for arm, label in SSL_ARMS.items()}
+    rows = []
+    for seed in seeds:
+        scratch, pretrained = runs["scratch"][seed], runs["pretrained"][seed]
+        rows.append([str(seed), f"{scratch.mean_dice:.3f}", f"{pretrained.mean_dice:.3f}",
+                     f"{pretrained.mean_dice - scratch.mean_dice:+.3f}", str(scratch.steps), str(scratch.samples),
+                     f"{scratch.seconds_per_step:.2f} / {pretrained.seconds_per_step:.2f}"])
+    means = {arm: [runs[arm][seed].mean_dice for seed in seeds] for arm in SSL_ARMS}
+    differences = [p - s for p, s in zip(means["pretrained"], means["scratch"])]
+    rows.append(["**mean ± std**", f"**{mean_and_spread(means['scratch'])}**",
+                 f"**{mean_and_spread(means['pretrained'])}**", f"**{mean_and_spread(differences)}**", "", "", ""])
+    body = table(["seed", "from scratch", "pretrained", "difference", "steps", "samples seen",
+                  "s/step (scratch / pretrained)"], rows)
+    steps = sorted({step for arm in SSL_ARMS for run in runs[arm].values() for step, _ in run.curve})
+    curve_rows = []
+    for step in steps:
+        cells = []
+        for arm in SSL_ARMS:
+            values = [dict(run.curve)[step] for run in runs[arm].values() if step in dict(run.curve)]
+            cells.append(mean_and_spread(values))
+        curve_rows.append([str(step), *cells])
+    curve = ("Validation mean Dice during fine-tuning by optimiser steps (mean ± std over the seeds; on the "
+             "preprocessed grid, so it differs from the held-out scores above):\n\n"
+             + table(["steps", *SSL_ARMS.values()], curve_rows))
+    parts = [body, curve]
+    pretraining = folder / "pretraining"
+    if (pretraining / "train_log.jsonl").is_file():
+        record = read_run(pretraining)
+        _check_budget(spec, "the pretraining run", (record.config.get("train") or {}).get("max_minutes"))
+        last = record.log[-1]
+        validated = [row for row in record.log if "val_loss" in row] or [last]
+        ends = {"train": (record.log[0], last), "val": (validated[0], validated[-1])}
+        losses = [key for key in {**validated[-1], **last} if key.startswith(("train_loss", "val_loss"))]
+        parts.append(f"Pretraining: {last['step']} steps, {last['samples_seen']} sub-volumes, "
+                     f"{last['elapsed_min']:.1f} minutes ({last['elapsed_min'] * 60 / last['step']:.2f} s/step).\n\n"
+                     + table(["loss", "first epoch", "last epoch"],
+                             [[key.replace("_", " ")] + [_number(row.get(key)) for row in ends[key.split("_")[0]]]
+                              for key in losses]))
+    headline = [f"pretrained {mean_and_spread(means['pretrained'])} against scratch "
+                f"{mean_and_spread(means['scratch'])} ({len(seeds)} seeds, {runs['scratch'][seeds[0]].steps} steps)"]
+    return "\n\n".join(parts), headline
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any], Path], tuple[str, list[str]]]] = {
     "runs": _runs_section, "compare2d": _compare_section, "nnunet_peer": _peer_section,
-    "ensemble": _ensemble_section, "large_ct": _large_ct_section,
+    "ensemble": _ensemble_section, "large_ct": _large_ct_section, "ssl": _ssl_section,
 }
 REQUIRED = ("title", "kind", "command", "machine", "budget")

@@ -185,3 +185,28 @@ def test_a_peer_section_flags_a_peer_that_learned_nothing_and_compares_at_equal_
     assert "| 10 min | medseg | mirroring | 0.868 | **0.868** | 26 | 1300 | 10400 | 0.46 |" in body  # 8 crops a step
     assert "**nnU-Net 2.8.1 3d_fullres (mirroring), 10 min learned nothing at this budget**" in body
     assert "| 100 (nnU-Net's 10 min) | 0.770 (step 100) | 0.000 |" in body
+
+
+def test_an_ssl_section_pairs_the_arms_per_seed_with_their_spread_and_the_pretraining(tmp_path):
+    protocol = tmp_path / "ssl"
+    for seed, (scratch, pretrained) in enumerate([(0.60, 0.66), (0.62, 0.65), (0.58, 0.66)]):
+        _run_folder(protocol / f"scratch_seed{seed}", {"a": scratch}, curve=(0.3, scratch))
+        _run_folder(protocol / f"pretrained_seed{seed}", {"a": pretrained}, curve=(0.4, pretrained))
+    pretraining = protocol / "pretraining"
+    pretraining.mkdir()
+    (pretraining / "config.yaml").write_text(yaml.safe_dump({"train": {"max_minutes": 30.0}}))
+    log = [{"epoch": 0, "step": 20, "samples_seen": 160, "elapsed_min": 0.2, "train_loss": 4.0},
+           {"epoch": 1, "step": 40, "samples_seen": 320, "elapsed_min": 0.4, "train_loss": 3.0, "val_loss": 3.5},
+           {"epoch": 2, "step": 60, "samples_seen": 480, "elapsed_min": 0.6, "train_loss": 2.0}]
+    (pretraining / "train_log.jsonl").write_text("\n".join(json.dumps(row) for row in log) + "\n")
+    spec = {"title": "SSL", "kind": "ssl", "minutes": 30.0, "budget": "30 min", "machine": "m", "command": "c",
+            "folder": "ssl"}
+    section = render_section(spec, tmp_path)
+    assert "| 0 | 0.600 | 0.660 | +0.060 | 100 | 800 |" in section.body
+    assert "| **mean ± std** | **0.600 ± 0.020** | **0.657 ± 0.006** | **0.057 ± 0.025** |" in section.body
+    assert "| 50 | 0.300 ± 0.000 | 0.400 ± 0.000 |" in section.body  # validation Dice by steps, per arm
+    assert "Pretraining: 60 steps, 480 sub-volumes, 0.6 minutes (0.60 s/step)" in section.body
+    assert "| train loss | 4.000 | 2.000 |" in section.body and "| val loss | 3.500 | 3.500 |" in section.body
+    assert section.headline == ["pretrained 0.657 ± 0.006 against scratch 0.600 ± 0.020 (3 seeds, 100 steps)"]
+    with pytest.raises(MedsegError, match="train.max_minutes 30.0, the section says 20.0"):
+        render_section({**spec, "minutes": 20.0}, tmp_path)
