@@ -657,6 +657,8 @@ def check_values(config: Config) -> None:
             _require(config.train.loss in MARGINAL_LOSSES, "train.loss",
                      f"one of {', '.join(MARGINAL_LOSSES)} with data.partial_classes", config.train.loss)
         _check_infer(config.infer)
+        _require(config.model.strategy != "slice2d" or not config.infer.mirror_axes, "infer.mirror_axes",
+                 "none with the slice2d strategy, which fuses its axes' predictions instead", config.infer.mirror_axes)
         _sizes("patch.patch_size", config.patch.patch_size, 3)
         _check_slice2d(config.slice2d)
         _sizes("lowres.grid_size", config.lowres.grid_size, 3)

@@ -126,6 +126,13 @@ def test_bad_values_fail_at_load_time_naming_the_key(override, words):
         load_config(None, [override])
 
 
+def test_test_time_mirroring_is_refused_for_slice2d_only():
+    with pytest.raises(MedsegError, match=r"'infer.mirror_axes': expected none with the slice2d strategy"):
+        load_config(None, ["model.strategy=slice2d", "infer.mirror_axes=[0]"])
+    for strategy in ("patch", "lowres"):
+        assert load_config(None, [f"model.strategy={strategy}", "infer.mirror_axes=[0]"]).infer.mirror_axes == [0]
+
+
 def test_partial_classes_need_a_loss_with_a_marginal_form_and_a_strategy():
     with pytest.raises(MedsegError, match="'train.loss': expected one of dice_ce, dice, ce"):
         load_config(None, ["data.partial_classes=[a]", "train.loss=dice_focal"])

@@ -205,9 +205,10 @@ def make_plan(fp: Fingerprint, class_names: list[str], modality: str, strategy: 
     flips = rules.mirror_axes(fp, class_names)
     plan.set("data.augment", "flip_axes", flips)
     STRATEGY_RULES[strategy](plan, fp, [float(v) for v in chosen.value], compute)
-    if strategy == "patch":
+    if strategy != "slice2d":  # slice2d fuses three axes' predictions instead
         plan.set("infer", "mirror_axes", Planned(flips.value, "test-time mirroring along the axes training mirrors "
                                                               "along (nnU-Net's rule)"))
+    if strategy == "patch":
         plan.set("infer", "sw_batch_size", Planned(1, "windows one at a time: on a CPU batching them is slower and "
                                                       "holds 4x the activations") if device == "cpu"
                  else Planned(4, "four windows a batch keep a GPU busy"))

@@ -46,11 +46,8 @@ class LowresSegmenter(Segmenter):
 
     @torch.inference_mode()
     def segment(self, image: torch.Tensor) -> VolumePrediction:
-        device = self.device
-        with torch.autocast(device.type, enabled=device.type == "cuda" and self.config.train.amp):
-            logits = self.network(image[None].to(device))
-        probabilities = softmax_(logits[0].float())
-        return VolumePrediction(probabilities)
+        """The whole grid at once, mirrored as ``infer.mirror_axes`` says."""
+        return VolumePrediction(softmax_(self.network_logits(image[None].to(self.device))[0]))
 
     def cascade(self) -> Cascade | None:
         """``lowres.refine_run``: a patch model that predicts again at full resolution in the found region."""

@@ -25,7 +25,6 @@ class PatchSegmenter(Segmenter):
     def __init__(self, config: Config) -> None:
         super().__init__(config)
         self.patch_size = list(config.patch.patch_size)
-        self.mirror_axes = list(config.infer.mirror_axes)  # none while the Trainer validates
         self.network = build_network_3d(config.model, 1, self.num_classes, self.patch_size, size_key="patch.patch_size")
         ratios = config.data.class_ratios
         if config.data.sampling == "classes" and ratios is not None and len(ratios) != self.num_classes:
@@ -65,30 +64,6 @@ class PatchSegmenter(Segmenter):
         assert len(roi) == 3
         return WindowSettings(roi, infer.overlap, infer.blend, infer.sw_batch_size, self.device)
 
-    def validation_step(self, batch: dict) -> dict[str, torch.Tensor]:
-        """Unmirrored, as nnU-Net validates while training: mirroring along two axes made OpenKBP's
-        validations 3x slower and pushed a 30-minute run to 35. The final validation and ``medseg infer``
-        mirror as planned."""
-        self.mirror_axes = []
-        try:
-            return super().validation_step(batch)
-        finally:
-            self.mirror_axes = list(self.config.infer.mirror_axes)
-
-    def window_logits(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The network's logits for a batch of windows, averaged over ``infer.mirror_axes`` flips of each
-        window (test-time mirroring per window, as nnU-Net v2 does it)."""
-        flips = [()] + [(axis + 2,) for axis in self.mirror_axes]
-        device = inputs.device
-        logits: torch.Tensor | None = None
-        with torch.autocast(device.type, enabled=device.type == "cuda" and self.config.train.amp):
-            for dims in flips:
-                out = self.network(inputs.flip(dims) if dims else inputs)
-                out = (out.flip(dims) if dims else out).float()
-                logits = out if logits is None else logits.add_(out)
-        assert logits is not None  # flips starts with the unflipped window
-        return logits.div_(len(flips))
-
     def _stitch_devices(self, device: torch.device) -> list[torch.device]:
         """Where the probabilities are stored, in the order to try: with ``auto`` on a GPU, the GPU and
         then, if it runs out of memory, the CPU (as MONAI's ``SlidingWindowInfererAdapt``)."""
@@ -116,9 +91,9 @@ def segment_together(segmenters: list[PatchSegmenter], image: torch.Tensor) -> t
     stitches = first._stitch_devices(settings.device)
 
     def mean_logits(inputs: torch.Tensor) -> torch.Tensor:
-        total = segmenters[0].window_logits(inputs)
+        total = segmenters[0].network_logits(inputs)
         for other in segmenters[1:]:
-            total.add_(other.window_logits(inputs))
+            total.add_(other.network_logits(inputs))
         return total.div_(len(segmenters))
 
     for attempt, stitch in enumerate(stitches):

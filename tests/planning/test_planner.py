@@ -74,15 +74,15 @@ def test_mirroring_leaves_out_the_axis_along_which_two_classes_mirror_each_other
     assert rules.mirror_axes(Fingerprint(cases), ["background", "big", "small"]).value == [0, 1, 2]
 
 
-def test_patch_plans_predict_mirrored_along_the_axes_training_mirrors_along():
+def test_patch_and_lowres_plans_predict_mirrored_along_the_axes_training_mirrors_along():
     cases = [_case([1, 1, 1], [64, 64, 64], offsets=[[0, 0, 0], [-30 - i, 2, 1], [31 + i, 1, 0]])
              for i in range(5)]
-    plan = make_plan(Fingerprint(cases), ["background", "left", "right"], "ct", "patch", "cpu", 10)
-    assert plan.as_dict()["infer"]["mirror_axes"] == plan.as_dict()["data"]["augment"]["flip_axes"] == [1, 2]
-    assert "infer.mirror_axes" not in plan.without({"data.augment.flip_axes"}).as_dict().get("infer", {})
-    for strategy in ("slice2d", "lowres"):  # only the patch strategy's windows are mirrored
-        other = make_plan(Fingerprint(cases), ["background", "left", "right"], "ct", strategy, "cpu", 10)
-        assert "mirror_axes" not in other.as_dict().get("infer", {})
+    for strategy in ("patch", "lowres"):
+        plan = make_plan(Fingerprint(cases), ["background", "left", "right"], "ct", strategy, "cpu", 10)
+        assert plan.as_dict()["infer"]["mirror_axes"] == plan.as_dict()["data"]["augment"]["flip_axes"] == [1, 2]
+        assert "infer.mirror_axes" not in plan.without({"data.augment.flip_axes"}).as_dict().get("infer", {})
+    slices = make_plan(Fingerprint(cases), ["background", "left", "right"], "ct", "slice2d", "cpu", 10)
+    assert "mirror_axes" not in slices.as_dict().get("infer", {})  # it fuses three axes instead
 
 
 def test_images_smaller_than_the_patch_budget_get_the_spare_compute_as_width():

@@ -107,3 +107,24 @@ def test_cascade_refines_inside_the_low_resolution_region(lowres_run, tiny_run, 
 def test_cascade_needs_a_patch_run_with_the_same_classes(lowres_run):
     with pytest.raises(MedsegError, match="lowres.refine_run.*must be a patch run"):
         Predictor(lowres_run, device="cpu", overrides=[f"lowres.refine_run={lowres_run}"])
+
+
+@torch.inference_mode()
+def test_the_grid_is_predicted_mirrored_and_validated_unmirrored(monkeypatch):
+    """Test-time mirroring of the whole grid: the softmax of the mean logits of the grid and its flips
+    along each of ``infer.mirror_axes``, computed here by hand; validations while training run the
+    network once."""
+    torch.manual_seed(0)
+    segmenter = build_segmenter(load_config(None, [*LOWRES, "data.class_names=[a,b,c]",
+                                                   "infer.mirror_axes=[0,2]"])).eval()
+    image = torch.randn(1, 32, 32, 16, generator=torch.Generator().manual_seed(1))
+    network = segmenter.network
+    mean = (network(image[None]) + network(image[None].flip(2)).flip(2) + network(image[None].flip(4)).flip(4)) / 3
+    torch.testing.assert_close(segmenter.segment(image).probabilities, torch.softmax(mean[0], 0), atol=1e-5, rtol=0)
+    unmirrored = torch.softmax(network(image[None])[0], 0)
+    assert not torch.allclose(segmenter.segment(image).probabilities, unmirrored, atol=1e-3)
+    calls = []
+    forward = network.forward
+    monkeypatch.setattr(network, "forward", lambda x: calls.append(x.shape) or forward(x))
+    segmenter.validation_step({"image": image[None], "label": torch.zeros(1, 1, 32, 32, 16, dtype=torch.long)})
+    assert len(calls) == 1 and segmenter.mirror_axes == [0, 2]
