@@ -16,7 +16,10 @@ The protocol:
    ``train.iterations_per_epoch``), not minutes, so that the arms see the same number of samples: from
    scratch, and from the pretrained encoder (``model.pretrained``);
 4. each run's final model is scored on the held-out cases in their own geometry (the run's
-   ``validation/metrics.json``).
+   ``validation/metrics.json``);
+5. linear probes (``medseg.benchmark.ssl_probe``) of the frozen encoder, random against pretrained, on the
+   first seed's fine-tuning cases: what the pretraining put into the features, apart from how fast
+   fine-tuning learns (``OUT/probe.json``).
 
 ``OUT/results.md`` gives every run's held-out Dice, the mean and standard deviation per arm, the paired
 difference per seed, the pretraining losses, and the validation learning curves of every run
@@ -30,8 +33,12 @@ import argparse
 import json
 import statistics
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
+import yaml
+
+from medseg.benchmark.ssl_probe import ProbeResult, probe_run, probe_table
 from medseg.engine.budget import learning_curve
 from medseg.engine.plots import write_curves_svg
 from medseg.errors import MedsegError
@@ -82,6 +89,18 @@ def pretraining_summary(run_dir: Path) -> list[str]:
             f"{last['elapsed_min']:.1f} min.", "", "| loss | first epoch | last epoch |", "|---|---|---|", *rows]
 
 
+def _probes(out: Path, run_dir: Path, pretrained: Path) -> str:
+    """The probes' table, computed once and kept in ``OUT/probe.json``."""
+    path = out / "probe.json"
+    if not path.is_file():
+        results = probe_run(run_dir, pretrained)
+        with atomic_output(path) as tmp:
+            tmp.write_text(json.dumps({arm: asdict(r) for arm, r in results.items()}, indent=2), encoding="utf-8")
+    kept = json.loads(path.read_text(encoding="utf-8"))
+    names = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))["data"]["class_names"]
+    return probe_table({arm: ProbeResult(**r) for arm, r in kept.items()}, names)
+
+
 def run_protocol(args: argparse.Namespace) -> str:
     out: Path = args.output
     common = [f"data.train_fraction={args.fraction}", "train.max_minutes=null",
@@ -110,6 +129,7 @@ def run_protocol(args: argparse.Namespace) -> str:
     write_curves_svg(out / "curves_step.svg", curves, "optimiser steps", "validation mean Dice",
                      "Fine-tuning, validation Dice by steps")
     differences = [scores["pretrained"][s] - scores["scratch"][s] for s in args.seeds]
+    probes = _probes(out, out / f"scratch_seed{args.seeds[0]}", pretrained)
     report = "\n".join([
         f"# Swin UNETR pretraining: {args.data.name}, {args.fraction:g} of the labels, seeds "
         f"{', '.join(map(str, args.seeds))}",
@@ -126,6 +146,11 @@ def run_protocol(args: argparse.Namespace) -> str:
         "Held-out mean Dice of each run's final model (its validation cases, in their own geometry).",
         "",
         *(pretraining_summary(pretrained) if (pretrained / "train_log.jsonl").is_file() else []),
+        "",
+        "Linear probes of the frozen encoder (one 1x1x1 convolution on every stage's features), fitted on "
+        f"seed {args.seeds[0]}'s fine-tuning cases and scored on the held-out cases:",
+        "",
+        probes,
         "",
         "![curves](curves_step.svg)",
         "",

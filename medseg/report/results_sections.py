@@ -315,6 +315,14 @@ def _ssl_section(spec: dict[str, Any], root: Path) -> tuple[str, list[str]]:
                      + table(["loss", "first epoch", "last epoch"],
                              [[key.replace("_", " ")] + [_number(row.get(key)) for row in ends[key.split("_")[0]]]
                               for key in losses]))
+    probes = folder / "probe.json"
+    if probes.is_file():  # medseg.benchmark.ssl_probe's linear probes of the frozen encoder
+        names = (read_run(folder / f"scratch_seed{seeds[0]}").config.get("data") or {}).get("class_names") or []
+        rows = [[arm, *(_number(d) for d in probe["class_dice"]), f"**{_number(probe['mean_dice'])}**"]
+                for arm, probe in read_json(probes).items()]
+        parts.append(f"Linear probes of the frozen encoder (one 1x1x1 convolution on every stage's features, "
+                     f"fitted on seed {seeds[0]}'s fine-tuning cases), held-out Dice:\n\n"
+                     + table(["encoder", *names[1:], "mean Dice"], rows))
     headline = [f"pretrained {mean_and_spread(means['pretrained'])} against scratch "
                 f"{mean_and_spread(means['scratch'])} ({len(seeds)} seeds, {runs['scratch'][seeds[0]].steps} steps)"]
     return "\n\n".join(parts), headline

@@ -15,7 +15,7 @@ from medseg.errors import MedsegError
 from medseg.report.runs import read_run
 
 KEPT_FILES = ("config.yaml", "plan.yaml", "split.json", "train_log.jsonl", "validation/metrics.json",
-              "results.csv", "results_equal_steps.csv", "results.json", "peer_results.json")
+              "results.csv", "results_equal_steps.csv", "results.json", "peer_results.json", "probe.json")
 KEPT_PATTERNS = ("scores/*/metrics.json", "*/config.yaml", "*/plan.yaml", "*/split.json", "*/train_log.jsonl",
                  "*/validation/metrics.json", "folds/*/config.yaml", "folds/*/train_log.jsonl")
 

@@ -208,5 +208,10 @@ def test_an_ssl_section_pairs_the_arms_per_seed_with_their_spread_and_the_pretra
     assert "Pretraining: 60 steps, 480 sub-volumes, 0.6 minutes (0.60 s/step)" in section.body
     assert "| train loss | 4.000 | 2.000 |" in section.body and "| val loss | 3.500 | 3.500 |" in section.body
     assert section.headline == ["pretrained 0.657 ± 0.006 against scratch 0.600 ± 0.020 (3 seeds, 100 steps)"]
+    assert "Linear probes" not in section.body  # no probe.json kept
+    (protocol / "probe.json").write_text(json.dumps({"random": {"mean_dice": 0.41, "class_dice": [0.41]},
+                                                     "pretrained": {"mean_dice": 0.52, "class_dice": [0.52]}}))
+    probed = render_section(spec, tmp_path).body
+    assert "| encoder | a | mean Dice |" in probed and "| pretrained | 0.520 | **0.520** |" in probed
     with pytest.raises(MedsegError, match="train.max_minutes 30.0, the section says 20.0"):
         render_section({**spec, "minutes": 20.0}, tmp_path)

@@ -1,6 +1,7 @@
 """``python -m medseg.benchmark.ssl``: pretraining on the training cases' images only, then both arms
 fine-tuned per seed on the same labelled fraction, and one report with mean ± std."""
 
+import json
 import re
 
 from medseg.benchmark.ssl import main, mean_std
@@ -29,6 +30,11 @@ def test_both_arms_over_two_seeds(phantom_dir, tmp_path, capsys):
     assert [row.split("|")[1].strip() for row in rows[1:4]] == ["0", "1", "mean ± std"]
     assert re.search(r"\| mean ± std \| [\d.]+ ± [\d.]+ \| [\d.]+ ± [\d.]+ \| [-+\d.]+ ± [\d.]+ \|", report)
     assert "126 tensors matched, 0 missing" in capsys.readouterr().out  # the pretrained arm loaded the encoder
+    probes = json.loads((output / "probe.json").read_text(encoding="utf-8"))
+    assert set(probes) == {"random", "pretrained"}
+    assert all(0.0 <= probe["mean_dice"] <= 1.0 and len(probe["class_dice"]) == 3 for probe in probes.values())
+    assert "| encoder | liver | kidney | spine | mean Dice |" in report
+    assert f"| pretrained | {' | '.join(f'{d:.3f}' for d in probes['pretrained']['class_dice'])} |" in report
     for run in ("scratch_seed0", "pretrained_seed0", "scratch_seed1", "pretrained_seed1"):
         assert (output / run / "validation" / "metrics.json").is_file()
     # Run again: every finished run is reused, nothing trains.
