@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from medseg.benchmark.command_line import print_report
 from medseg.data.datasets import discover_dataset
 from medseg.data.splits import make_split
 from medseg.engine.budget import run_budget
@@ -80,12 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hold-out", type=float, default=0.2, help="fraction of the cases no fold trains on")
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE for every fold")
     args = parser.parse_args(argv)
-    try:
-        print(report(args))
-    except MedsegError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return print_report(lambda: report(args))
 
 
 def report(args: argparse.Namespace) -> str:

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import yaml
 
+from medseg.benchmark.command_line import print_report
 from medseg.benchmark.ssl_probe import ProbeResult, probe_run, probe_table
 from medseg.engine.budget import learning_curve
 from medseg.engine.plots import write_curves_svg
@@ -180,16 +181,15 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         print(f"error: --seeds: integers separated by commas, got '{args.seeds}'", file=sys.stderr)
         return 1
-    try:
+
+    def protocol() -> str:
         if not args.seeds:
             raise MedsegError("--seeds: at least one seed")
         if args.pretrained is not None and not (args.pretrained / "best.pt").is_file():
             raise MedsegError(f"{args.pretrained}: not a pretraining run folder (no best.pt)")
-        print(run_protocol(args))
-    except MedsegError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+        return run_protocol(args)
+
+    return print_report(protocol)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from monai.transforms import Compose, SpatialPadd
 from torch import nn
 
+from medseg.benchmark.command_line import print_report
 from medseg.config import Config
 from medseg.data.datasets import Case, loader_items
 from medseg.data.transforms import preprocessing
@@ -148,14 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pretrained", required=True, type=Path, help="the medseg pretrain run folder")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    try:
+
+    def probes() -> str:
         results = probe_run(args.run, args.pretrained, args.seed)
         run = resume_labelled_run("train", args.run, [], required=("config.yaml", "split.json"))
-        print(probe_table(results, list(run.config.data.class_names or [])))
-    except MedsegError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+        return probe_table(results, list(run.config.data.class_names or []))
+
+    return print_report(probes)
 
 
 if __name__ == "__main__":

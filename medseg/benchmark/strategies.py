@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from medseg.benchmark.command_line import print_report
 from medseg.errors import MedsegError
 from medseg.io import atomic_output
 from medseg.workflows.strategy_comparison import comparison_table, strategy_result, write_comparison_curves
@@ -81,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE for every run")
     args = parser.parse_args(argv)
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    try:
+
+    def comparison() -> str:
         unknown = [s for s in strategies if s not in STRATEGIES]
         if unknown or not strategies:
             raise MedsegError(f"--strategies: unknown '{','.join(unknown)}'; choose among {', '.join(STRATEGIES)}")
@@ -90,11 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         unfinished = [s for s in strategies if (args.output / s).exists() and not finished(args.output / s)]
         if unfinished:
             raise MedsegError(f"{args.output / unfinished[0]}: a run that did not finish; remove it to train it again")
-        print(run_strategies(args.data, args.minutes, strategies, args.output, args.overrides))
-    except MedsegError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+        return run_strategies(args.data, args.minutes, strategies, args.output, args.overrides)
+
+    return print_report(comparison)
 
 
 if __name__ == "__main__":
