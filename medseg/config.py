@@ -22,7 +22,8 @@ import yaml
 
 from medseg.errors import MedsegError
 
-MARGINAL_LOSSES = ("dice_ce", "dice", "ce")  # the train.loss values that have a partial-label (marginal) form
+# The train.loss values that have a partial-label (marginal) form.
+MARGINAL_LOSSES = ("dice_ce", "dice_topk10", "dice", "ce")
 
 
 @dataclass

@@ -134,7 +134,7 @@ def test_test_time_mirroring_is_refused_for_slice2d_only():
 
 
 def test_partial_classes_need_a_loss_with_a_marginal_form_and_a_strategy():
-    with pytest.raises(MedsegError, match="'train.loss': expected one of dice_ce, dice, ce"):
+    with pytest.raises(MedsegError, match="'train.loss': expected one of dice_ce, dice_topk10, dice, ce"):
         load_config(None, ["data.partial_classes=[a]", "train.loss=dice_focal"])
     with pytest.raises(MedsegError, match="'data.partial_classes': expected none with medseg compare"):
         load_config(None, ["data.partial_classes=[a]"], command="compare")

@@ -88,3 +88,49 @@ def test_an_unannotated_class_may_be_predicted_on_background_for_free():
 def test_losses_without_a_marginal_form_are_refused():
     with pytest.raises(MedsegError, match="train.loss"):
         build_loss("dice_focal", partial_labels=True)
+
+
+def _topk_oracle(logits, target, fraction=0.1):
+    """nnU-Net's DC_and_topk_loss built directly: MONAI's batch Dice plus the mean cross-entropy of the
+    hardest ``fraction`` of voxels."""
+    voxel_ce = F.cross_entropy(logits, target[:, 0].long(), reduction="none").reshape(-1)
+    hardest = voxel_ce.sort(descending=True).values[:int(voxel_ce.numel() * fraction)]
+    return DiceLoss(to_onehot_y=True, softmax=True, batch=True)(logits, target) + hardest.mean()
+
+
+def test_the_topk_loss_is_dice_plus_the_hardest_tenth_of_the_cross_entropy():
+    logits, target = _logits_and_target(spatial=(8, 7, 6))
+    expected = _value_and_gradient(_topk_oracle, logits, target)
+    torch.testing.assert_close(_value_and_gradient(build_loss("dice_topk10"), logits, target), expected)
+    every_class = torch.ones((3, 4), dtype=torch.bool)
+    torch.testing.assert_close(_value_and_gradient(build_loss("dice_topk10", partial_labels=True), logits,
+                                                   target, every_class), expected)
+
+
+def test_the_topk_loss_weighs_a_small_missed_class_far_above_plain_cross_entropy():
+    target = torch.zeros((1, 1, 20, 20, 20), dtype=torch.long)
+    target[0, 0, :2, :2, :2] = 1  # 8 of 8000 voxels
+    logits = torch.zeros((1, 2, 20, 20, 20))
+    logits[:, 0] = 4.0  # background everywhere: right on 7992 voxels, wrong on the 8
+    plain = _value_and_gradient(SoftmaxDiceCE(dice=False), logits, target)[1]
+    topk = _value_and_gradient(SoftmaxDiceCE(dice=False, ce_top_fraction=0.1), logits, target)[1]
+    missed = target[:, 0] == 1
+    assert (topk[:, 1][missed].abs() / plain[:, 1][missed].abs()).min() > 9.0
+
+
+def test_the_topk_marginal_form_forgives_an_unannotated_class_like_the_others():
+    logits, target = _logits_and_target()
+    target[target == 2] = 0
+    annotated = torch.tensor([[True, True, False, True]] * 3)
+    on_background = target[:, 0] == 0
+    logits[:, 0][on_background] += 5.0
+    swapped = logits.clone()
+    swapped[:, 0][on_background] = logits[:, 2][on_background]
+    swapped[:, 2][on_background] = logits[:, 0][on_background]
+    loss = build_loss("dice_topk10", partial_labels=True)
+    torch.testing.assert_close(loss(swapped, target, annotated), loss(logits, target, annotated))
+
+
+def test_a_top_fraction_outside_zero_to_one_is_refused():
+    with pytest.raises(ValueError, match="ce_top_fraction"):
+        SoftmaxDiceCE(ce_top_fraction=0.0)
