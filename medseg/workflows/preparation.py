@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from medseg.config import Config, load_config, user_keys
 from medseg.data.checks import check_headers
@@ -29,6 +30,9 @@ class LabelledRun:
     run_dir: Path
     cases: dict[str, Case]
     plan_text: str | None = None  # the plan made on the fly, with its reasons, to keep in the run folder
+    # Planned values dropped because they go with one the user set (planner.COUPLED_KEYS), as
+    # "key=value" with the value that applies instead: a hand-set width also drops the planned grid.
+    coupled_unplanned: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         missing = [i for i in self.split["train"] + self.split["validation"] if i not in self.cases]
@@ -63,7 +67,7 @@ def prepare_labelled_run(
     split = make_split([c.case_id for c in cases], d.val_fraction, d.num_folds, d.fold, d.split_seed, d.train_fraction)
     by_id = {c.case_id: c for c in cases}
     train_cases = [by_id[i] for i in split["train"]]
-    plan_text = None
+    plan_text, coupled = None, []
     if plan_for is not None:
         planned = plan_cases(dataset, train_cases, config, plan_for)
         chosen = user_keys(config_path, overrides)
@@ -73,12 +77,22 @@ def prepare_labelled_run(
         root = config.data.root
         config = load_config(config_path, overrides, command=command, planned=layer)
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=root))
+        coupled = sorted(planned.plan.keys() - kept.keys() - chosen)
     config = plan(config, dataset, train_cases)
+    coupled_unplanned = tuple(f"{key}={_value_at(config, key)}" for key in coupled)
     if config.model.pretrained:  # absolute, like data.root
         config.model.pretrained = str(Path(config.model.pretrained).resolve())
         if config.model.network == "swin_unetr" and config.model.window_size is None:
             config.model.window_size = pretrained_window_size(config.model.pretrained)
-    return LabelledRun(config, split, run_dir, by_id, plan_text)
+    return LabelledRun(config, split, run_dir, by_id, plan_text, coupled_unplanned)
+
+
+def _value_at(config: Config, dotted_key: str) -> Any:
+    """The resolved value of ``data.augment.flip_axes``-style keys."""
+    node: Any = config
+    for part in dotted_key.split("."):
+        node = getattr(node, part)
+    return node
 
 
 def resume_labelled_run(command: str, output: str | Path | None, overrides: list[str],

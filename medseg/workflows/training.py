@@ -85,6 +85,9 @@ def train(
         with atomic_output(run_dir / "plan.yaml") as tmp:
             tmp.write_text(run.plan_text, encoding="utf-8")
         log(f"planned from the training cases: {run_dir / 'plan.yaml'}")
+        if run.coupled_unplanned:
+            log("not planned, because they go with a value you set; these apply: "
+                + ", ".join(run.coupled_unplanned))
     result = trainer.fit(hooks, resume=resume, log=log)
     log(f"best validation mean Dice {result.best_metric:.4f} at epoch {result.best_epoch} "
         f"({result.epochs_run} epochs, {result.elapsed_s / 60:.1f} min)")

@@ -227,7 +227,7 @@ def test_classes_missing_from_many_cases_are_named_but_never_declared_partial():
     assert {"data.partial_classes"} <= make_plan(fp, ["background", "a", "b"], "ct", "patch", "cpu", 10).keys()
 
 
-def test_a_config_wins_over_the_plan_and_overrides_win_over_both(phantom_dir, tmp_path):
+def test_a_config_wins_over_the_plan_and_overrides_win_over_both(phantom_dir, tmp_path, capsys):
     config = tmp_path / "mine.yaml"
     config.write_text("name: mine\ndata:\n  intensity_window: [-200, 300]\n"
                       "patch:\n  patch_size: [32, 32, 32]\nmodel:\n  channels: [4, 8, 16]\n  strides: [2, 2]\n"
@@ -243,6 +243,9 @@ def test_a_config_wins_over_the_plan_and_overrides_win_over_both(phantom_dir, tm
     plan = (run / "plan.yaml").read_text(encoding="utf-8")
     assert "not planned: data.intensity_mean" in plan and "\n  patch_size:" not in plan
     assert f"under {config}" in plan and "\nname:" not in plan
+    said = next(line for line in capsys.readouterr().out.splitlines() if "go with a value you set" in line)
+    assert "data.normalization=auto" in said and "data.intensity_mean=" in said  # what applies instead
+    assert "patch_size" not in said and "intensity_window" not in said  # the user's own values
 
 
 def test_train_without_config_or_data_is_a_usage_error(capsys):
