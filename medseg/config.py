@@ -182,7 +182,10 @@ class TrainConfig:
     most about a tenth of a time budget goes to validation whatever the validation set's size.
 
     ``snapshot_steps``: optimiser steps at which the weights are also kept (``snapshots/step_<N>.pt``),
-    so that runs of different speeds can be compared at an equal number of steps."""
+    so that runs of different speeds can be compared at an equal number of steps.
+
+    ``class_weights``: one per class, background first, for the loss's cross-entropy (or focal) term;
+    None weighs every class 1. The planner sets them from the classes' voxel shares."""
 
     max_epochs: int = 100
     max_minutes: float | None = None
@@ -195,6 +198,7 @@ class TrainConfig:
     scheduler: Literal["poly", "cosine", "constant"] = "poly"
     warmup_epochs: int = 0
     loss: str = "dice_ce"
+    class_weights: list[float] | None = None
     grad_accumulation: int = 1
     grad_clip: float | None = 12.0
     amp: bool = True
@@ -578,6 +582,9 @@ def _check_train(t: TrainConfig) -> None:
     _require(t.grad_accumulation >= 1, "train.grad_accumulation", "at least 1", t.grad_accumulation)
     _require(t.grad_clip is None or t.grad_clip > 0, "train.grad_clip", "a positive norm or null", t.grad_clip)
     _require(t.val_every >= 0, "train.val_every", "0 (auto) or a number of epochs", t.val_every)
+    if t.class_weights is not None:
+        _require(len(t.class_weights) > 0 and min(t.class_weights) > 0, "train.class_weights",
+                 "a positive weight per class or null", t.class_weights)
     _require(t.freeze_encoder_epochs >= 0, "train.freeze_encoder_epochs", "0 or more", t.freeze_encoder_epochs)
     _require(t.encoder_lr_scale > 0, "train.encoder_lr_scale", "a positive factor", t.encoder_lr_scale)
     _require(all(isinstance(n, int) and n >= 1 for n in t.snapshot_steps), "train.snapshot_steps",
@@ -658,6 +665,9 @@ def check_values(config: Config) -> None:
             _require(config.train.loss in MARGINAL_LOSSES, "train.loss",
                      f"one of {', '.join(MARGINAL_LOSSES)} with data.partial_classes", config.train.loss)
         _check_infer(config.infer)
+        names, weights = config.data.class_names, config.train.class_weights
+        _require(not names or weights is None or len(weights) == len(names), "train.class_weights",
+                 f"one weight per class, background first ({len(names or [])})", weights)
         _require(config.model.strategy != "slice2d" or not config.infer.mirror_axes, "infer.mirror_axes",
                  "none with the slice2d strategy, which fuses its axes' predictions instead", config.infer.mirror_axes)
         _sizes("patch.patch_size", config.patch.patch_size, 3)

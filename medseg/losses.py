@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +13,7 @@ from medseg.config import MARGINAL_LOSSES
 from medseg.errors import MedsegError
 from medseg.registry import Registry
 
-LOSSES: Registry[Callable[[], nn.Module]] = Registry("loss")
+LOSSES: Registry[Callable[[Sequence[float] | None], nn.Module]] = Registry("loss")
 
 
 class SoftmaxDiceCE(nn.Module):
@@ -33,6 +33,10 @@ class SoftmaxDiceCE(nn.Module):
     it made the large organs appear earlier per step but left the oesophagus and larynx at 0 after 30
     CPU-minutes, as Dice+CE does (the results page), so it is an option, not the default.
 
+    ``class_weights`` [K] weigh each voxel's cross-entropy by its label's weight, averaged as
+    ``torch.nn.functional.cross_entropy(weight=...)`` averages (over the weights, so the loss keeps its
+    scale); the planner sets them from the classes' voxel shares (``planning/rules.py``).
+
     ``annotated`` [B, K] (bool) says which classes each sample's case annotates. Where class k is not
     annotated, that case's "background" voxels may be k, so background is scored against the probability
     of background *or* k: k's softmax mass joins background for that sample, and k takes no part in
@@ -41,11 +45,15 @@ class SoftmaxDiceCE(nn.Module):
 
     SMOOTH = 1e-5  # MONAI's smooth_nr and smooth_dr
 
-    def __init__(self, dice: bool = True, ce: bool = True, ce_top_fraction: float = 1.0) -> None:
+    def __init__(self, dice: bool = True, ce: bool = True, ce_top_fraction: float = 1.0,
+                 class_weights: Sequence[float] | None = None) -> None:
         super().__init__()
         if not 0.0 < ce_top_fraction <= 1.0:
             raise ValueError(f"ce_top_fraction must be in (0, 1], got {ce_top_fraction}")
         self.use_dice, self.use_ce, self.ce_top_fraction = dice, ce, ce_top_fraction
+        self.class_weights: torch.Tensor | None
+        self.register_buffer("class_weights", None if class_weights is None
+                             else torch.tensor(list(class_weights), dtype=torch.float32), persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor,
                 annotated: torch.Tensor | None = None) -> torch.Tensor:
@@ -67,10 +75,14 @@ class SoftmaxDiceCE(nn.Module):
         loss = logits.new_zeros((), dtype=torch.float32)
         if self.use_ce:
             voxel_ce = -log_at_label.reshape(-1)
+            weights = None if self.class_weights is None else self.class_weights[labels.reshape(-1)]
+            if weights is not None:
+                voxel_ce = voxel_ce * weights
             if self.ce_top_fraction < 1.0:
                 hardest = max(1, int(voxel_ce.numel() * self.ce_top_fraction))
-                voxel_ce = voxel_ce.topk(hardest, sorted=False).values
-            loss = loss + voxel_ce.mean()
+                voxel_ce, chosen = voxel_ce.topk(hardest, sorted=False)
+                weights = None if weights is None else weights[chosen]
+            loss = loss + (voxel_ce.mean() if weights is None else voxel_ce.sum() / weights.sum())
         if self.use_dice:
             predicted = p.sum(2)  # [B, K]
             if unknown is not None:
@@ -86,17 +98,25 @@ class SoftmaxDiceCE(nn.Module):
 
 
 # Dice over the whole batch (MONAI's batch=True), so patches missing a class do not produce 0/0 terms.
-LOSSES.register("dice_ce")(lambda: SoftmaxDiceCE(dice=True, ce=True))
-LOSSES.register("dice_topk10")(lambda: SoftmaxDiceCE(dice=True, ce=True, ce_top_fraction=0.1))
-LOSSES.register("dice")(lambda: SoftmaxDiceCE(dice=True, ce=False))
-LOSSES.register("dice_focal")(lambda: DiceFocalLoss(to_onehot_y=True, softmax=True, batch=True))
-LOSSES.register("ce")(lambda: SoftmaxDiceCE(dice=False, ce=True))
+# Each takes ``train.class_weights`` (None: every class weighs 1), applied to its cross-entropy term (the
+# Dice term already weighs every class alike); dice_focal passes them to MONAI, which weighs both terms.
+LOSSES.register("dice_ce")(lambda w: SoftmaxDiceCE(dice=True, ce=True, class_weights=w))
+LOSSES.register("dice_topk10")(lambda w: SoftmaxDiceCE(dice=True, ce=True, ce_top_fraction=0.1, class_weights=w))
+LOSSES.register("dice")(lambda w: SoftmaxDiceCE(dice=True, ce=False))
+LOSSES.register("dice_focal")(lambda w: DiceFocalLoss(to_onehot_y=True, softmax=True, batch=True,
+                                                      weight=None if w is None else list(w)))
+LOSSES.register("ce")(lambda w: SoftmaxDiceCE(dice=False, ce=True, class_weights=w))
 
 
-def build_loss(name: str, partial_labels: bool = False) -> nn.Module:
-    """The loss ``train.loss`` names; with partially labelled cases it must have a marginal form."""
-    loss = LOSSES.get(name, key="train.loss")()  # an unknown name fails here, listing the known ones
+def build_loss(name: str, partial_labels: bool = False, class_weights: Sequence[float] | None = None,
+               num_classes: int | None = None) -> nn.Module:
+    """The loss ``train.loss`` names, with ``class_weights`` (one per class of ``num_classes``, background
+    first); with partially labelled cases it must have a marginal form."""
+    factory = LOSSES.get(name, key="train.loss")  # an unknown name fails here, listing the known ones
     if partial_labels and name not in MARGINAL_LOSSES:
         raise MedsegError(f"config key 'train.loss': data.partial_classes needs one of "
                           f"{', '.join(MARGINAL_LOSSES)}, got '{name}'")
-    return loss
+    if class_weights is not None and num_classes is not None and len(class_weights) != num_classes:
+        raise MedsegError(f"config key 'train.class_weights': expected {num_classes} weights, one per class "
+                          f"(background first), got {len(class_weights)}")
+    return factory(class_weights)

@@ -120,6 +120,7 @@ def test_a_saved_config_holds_only_the_sections_its_run_used(command, strategy, 
     ("train.batch_size=0", "'train.batch_size': expected at least 1"),
     ("infer.overlap=1.0", "'infer.overlap'"),
     ("model.channels=[8,16,32]", "'model.channels': expected one more entry than model.strides"),
+    ("train.class_weights=[1,0]", "'train.class_weights': expected a positive weight per class or null"),
 ])
 def test_bad_values_fail_at_load_time_naming_the_key(override, words):
     with pytest.raises(MedsegError, match=re.escape(words)):
@@ -139,6 +140,14 @@ def test_partial_classes_need_a_loss_with_a_marginal_form_and_a_strategy():
     with pytest.raises(MedsegError, match="'data.partial_classes': expected none with medseg compare"):
         load_config(None, ["data.partial_classes=[a]"], command="compare")
     assert load_config(None, ["data.partial_classes=[a, b]"]).data.partial_classes == ["a", "b"]
+
+
+def test_class_weights_need_one_weight_per_class():
+    names = "data.class_names=[background,a,b]"
+    expected = r"'train.class_weights': expected one weight per class, background first \(3\)"
+    with pytest.raises(MedsegError, match=expected):
+        load_config(None, [names, "train.class_weights=[1,2]"])
+    assert load_config(None, [names, "train.class_weights=[1,2,3]"]).train.class_weights == [1, 2, 3]
 
 
 def test_compare_keys_that_shadowed_train_are_gone():

@@ -53,6 +53,45 @@ def test_each_loss_is_its_oracle_in_value_and_gradient(name, spatial):
                                                    every_class), expected)
 
 
+WEIGHTS = [0.5, 1.0, 4.0, 9.0]
+
+
+def _weighted_ce(logits, target, weight=WEIGHTS):
+    return F.cross_entropy(logits, target[:, 0].long(), weight=torch.tensor(weight))
+
+
+def _weighted_topk(logits, target, fraction=0.1):
+    """Each voxel's cross-entropy times its label's weight; the hardest ``fraction`` of those averaged
+    over their weights, as PyTorch averages a weighted cross-entropy."""
+    weights = torch.tensor(WEIGHTS)[target[:, 0].long()].reshape(-1)
+    weighted = F.cross_entropy(logits, target[:, 0].long(), reduction="none").reshape(-1) * weights
+    hardest = weighted.sort(descending=True).indices[:int(weighted.numel() * fraction)]
+    return (DiceLoss(to_onehot_y=True, softmax=True, batch=True)(logits, target)
+            + weighted[hardest].sum() / weights[hardest].sum())
+
+
+WEIGHTED_ORACLES = {
+    "dice_ce": lambda logits, target: DiceLoss(to_onehot_y=True, softmax=True, batch=True)(logits, target)
+    + _weighted_ce(logits, target),
+    "ce": _weighted_ce,
+    "dice_topk10": _weighted_topk,
+    "dice": ORACLES["dice"](),  # no cross-entropy to weigh
+}
+
+
+@pytest.mark.parametrize("name", sorted(WEIGHTED_ORACLES))
+def test_class_weights_weigh_the_cross_entropy_as_torch_does(name):
+    logits, target = _logits_and_target(spatial=(8, 7, 6))
+    expected = _value_and_gradient(WEIGHTED_ORACLES[name], logits, target)
+    weighted = build_loss(name, class_weights=WEIGHTS, num_classes=4)
+    torch.testing.assert_close(_value_and_gradient(weighted, logits, target), expected)
+
+
+def test_class_weights_must_be_one_per_class():
+    with pytest.raises(MedsegError, match="train.class_weights.*expected 4 weights"):
+        build_loss("dice_ce", class_weights=[1.0, 2.0], num_classes=4)
+
+
 def _marginal_oracle(logits, target, annotated):
     """The marginal loss built directly: merge each unannotated class's probability into background,
     then MONAI's batch Dice on the merged probabilities plus the NLL of their log."""
@@ -70,6 +109,19 @@ def test_the_marginal_form_matches_its_direct_construction():
     annotated = torch.tensor([[True, True, False, True], [True, True, True, False], [True] * 4])
     expected = _value_and_gradient(_marginal_oracle, logits, target, annotated)
     torch.testing.assert_close(_value_and_gradient(SoftmaxDiceCE(), logits, target, annotated), expected)
+
+
+def test_the_weighted_marginal_form_weighs_a_merged_background_as_background():
+    logits, target = _logits_and_target()
+    target[1][target[1] == 3] = 0
+    annotated = torch.tensor([[True, True, False, True], [True, True, True, False], [True] * 4])
+    p = logits.softmax(1)
+    unknown = (~annotated).float()[:, :, None, None, None]
+    merged = torch.cat([p[:, :1] + (p * unknown).sum(1, keepdim=True), (p * (1 - unknown))[:, 1:]], dim=1)
+    expected = (_marginal_oracle(logits, target, annotated) - F.nll_loss(merged.log(), target[:, 0].long())
+                + F.nll_loss(merged.log(), target[:, 0].long(), weight=torch.tensor(WEIGHTS)))
+    weighted = SoftmaxDiceCE(class_weights=WEIGHTS)
+    torch.testing.assert_close(weighted(logits, target, annotated), expected)
 
 
 def test_the_marginal_form_stays_finite_where_background_underflows():

@@ -110,4 +110,5 @@ class PanopticFPN(Model2D):
 @MODELS_2D.register("panoptic")
 def _panoptic(config: Config, classes: ClassSpec) -> PanopticFPN:
     require_things(classes, "panoptic")
-    return PanopticFPN(classes, config, build_loss(config.train.loss))
+    return PanopticFPN(classes, config, build_loss(config.train.loss, class_weights=config.train.class_weights,
+                                                       num_classes=classes.num_classes))

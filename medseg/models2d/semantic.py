@@ -34,7 +34,8 @@ def _semantic(network: str):
     def build(config: Config, classes: ClassSpec) -> SemanticModel:
         builder = NETWORKS_2D.get(network)
         net = builder(config.model, 1, classes.num_classes, config.compare.slice_size)
-        return SemanticModel(net, classes, config, build_loss(config.train.loss))
+        loss = build_loss(config.train.loss, class_weights=config.train.class_weights, num_classes=classes.num_classes)
+        return SemanticModel(net, classes, config, loss)
 
     return build
 

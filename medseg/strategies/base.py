@@ -72,7 +72,8 @@ class Segmenter(Task):
         super().__init__()
         self.config = config
         self.num_classes = len(config.data.class_names or [])
-        self.loss = build_loss(config.train.loss, partial_labels=bool(config.data.partial_classes))
+        self.loss = build_loss(config.train.loss, partial_labels=bool(config.data.partial_classes),
+                               class_weights=config.train.class_weights, num_classes=self.num_classes)
         self.mirror_axes = list(config.infer.mirror_axes)  # none while the Trainer validates
 
     @property
