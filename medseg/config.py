@@ -185,7 +185,7 @@ class TrainConfig:
     so that runs of different speeds can be compared at an equal number of steps.
 
     ``class_weights``: one per class, background first, for the loss's cross-entropy (or focal) term;
-    None weighs every class 1. The planner sets them from the classes' voxel shares."""
+    None weighs every class 1."""
 
     max_epochs: int = 100
     max_minutes: float | None = None

@@ -35,7 +35,7 @@ class SoftmaxDiceCE(nn.Module):
 
     ``class_weights`` [K] weigh each voxel's cross-entropy by its label's weight, averaged as
     ``torch.nn.functional.cross_entropy(weight=...)`` averages (over the weights, so the loss keeps its
-    scale); the planner sets them from the classes' voxel shares (``planning/rules.py``).
+    scale).
 
     ``annotated`` [B, K] (bool) says which classes each sample's case annotates. Where class k is not
     annotated, that case's "background" voxels may be k, so background is scored against the probability

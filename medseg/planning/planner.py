@@ -208,8 +208,6 @@ def make_plan(fp: Fingerprint, class_names: list[str], modality: str, strategy: 
     if strategy != "slice2d":  # slice2d fuses three axes' predictions instead
         plan.set("infer", "mirror_axes", Planned(flips.value, "test-time mirroring along the axes training mirrors "
                                                               "along (nnU-Net's rule)"))
-    if strategy == "lowres":  # the whole volume, sampled with no regard to class: nothing else lifts a small organ
-        plan.set("train", "class_weights", rules.class_weights(fp, class_names))
     if strategy == "patch":
         plan.set("infer", "sw_batch_size", Planned(1, "windows one at a time: on a CPU batching them is slower and "
                                                       "holds 4x the activations") if device == "cpu"

@@ -203,24 +203,3 @@ def cpu_bf16(native_bf16: bool) -> Planned:
         return Planned(True, "bf16 autocast: this CPU computes bf16 natively (AMX or AVX512-BF16)")
     return Planned(False, "fp32: this CPU has no native bf16 (emulated, it is many times slower)")
 
-
-def class_weights(fp: Fingerprint, class_names: list[str]) -> Planned:
-    """Cross-entropy weights sqrt(background's voxel share / the class's), background 1. A whole CT holds
-    a small organ in a few ten-thousandths of its voxels, so plain cross-entropy weighs it by that share
-    and it is learned last; the square root lifts the smallest classes most without letting a class of a
-    few voxels drown the rest (full inverse frequency would). A class's share is measured over the cases
-    that hold it, so one missing from many label maps is not taken for a rarer one. On OpenKBP's V-Net
-    they found the oesophagus and larynx (0 before) and lifted the held-out mean from 0.438 to 0.488 in
-    30 CPU-minutes, at some cost to the larger organs, which it over-segments (the results page)."""
-    counts = fp.class_voxels().astype(np.float64)
-    totals = counts.sum(axis=1)
-    shares = np.ones(len(class_names))
-    for k in range(len(class_names)):
-        present = counts[:, k] > 0
-        if present.any():
-            shares[k] = counts[present, k].sum() / totals[present].sum()
-    weights = [1.0] + [round(float(np.sqrt(shares[0] / shares[k])), 2) if counts[:, k].any() else 1.0
-                       for k in range(1, len(class_names))]
-    heaviest = int(np.argmax(weights))
-    return Planned(weights, f"cross-entropy weight sqrt(background's voxel share / the class's): up to "
-                            f"{weights[heaviest]:g} for {class_names[heaviest]}")

@@ -227,22 +227,6 @@ def test_classes_missing_from_many_cases_are_named_but_never_declared_partial():
     assert {"data.partial_classes"} <= make_plan(fp, ["background", "a", "b"], "ct", "patch", "cpu", 10).keys()
 
 
-def test_class_weights_lift_small_classes_by_the_square_root_of_their_share_where_they_occur():
-    # a: 100 of 1200 voxels in every case; b: 12 of 1200 in the two cases that hold it; c never occurs.
-    cases = [_case([1, 1, 1], [40, 56, 40], voxels=[1088, 100, 12, 0]) for _ in range(2)]
-    cases += [_case([1, 1, 1], [40, 56, 40], voxels=[1100, 100, 0, 0]) for _ in range(6)]
-    names = ["background", "a", "b", "c"]
-    planned = rules.class_weights(Fingerprint(cases), names)
-    background = (2 * 1088 + 6 * 1100) / (8 * 1200)
-    assert planned.value == pytest.approx([1.0, np.sqrt(background / (100 / 1200)), np.sqrt(background / 0.01), 1.0],
-                                          abs=0.01)
-    assert "for b" in planned.reason
-    # Planned for the V-Net's whole volumes only, where nothing else reaches a small class.
-    assert make_plan(Fingerprint(cases), names, "ct", "lowres", "cpu", 10).as_dict()["train"]["class_weights"] \
-        == planned.value
-    assert "class_weights" not in make_plan(Fingerprint(cases), names, "ct", "patch", "cpu", 10).as_dict()["train"]
-
-
 def test_a_config_wins_over_the_plan_and_overrides_win_over_both(phantom_dir, tmp_path, capsys):
     config = tmp_path / "mine.yaml"
     config.write_text("name: mine\ndata:\n  intensity_window: [-200, 300]\n"
