@@ -250,10 +250,15 @@ class Trainer:
             self.scaler.scale(loss / accumulate).backward()
             self.samples_seen += batch_items(batch) * (dist.get_world_size() if dist.is_initialized() else 1)
             if (i + 1) % accumulate == 0 or i + 1 == len(self.train_loader):
+                finite = True
                 if self.config.train.grad_clip:
                     self.scaler.unscale_(self.optimizer)
-                    torch.nn.utils.clip_grad_norm_(self.task.parameters(), self.config.train.grad_clip)
-                self.scaler.step(self.optimizer)
+                    norm = torch.nn.utils.clip_grad_norm_(self.task.parameters(), self.config.train.grad_clip)
+                    # Without a GradScaler (CPU, bf16 or fp32) nothing else skips a step whose gradient
+                    # overflowed, and clipping an infinite norm writes NaN into every weight.
+                    finite = self.scaler.is_enabled() or bool(torch.isfinite(norm))
+                if finite:
+                    self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.global_step += 1
