@@ -202,4 +202,3 @@ def cpu_bf16(native_bf16: bool) -> Planned:
     if native_bf16:
         return Planned(True, "bf16 autocast: this CPU computes bf16 natively (AMX or AVX512-BF16)")
     return Planned(False, "fp32: this CPU has no native bf16 (emulated, it is many times slower)")
-
